@@ -1,0 +1,51 @@
+"""Distillation: build or load the student and turn the teacher's answers into training examples."""
+
+from __future__ import annotations
+
+import torch
+
+from slmops.errors import InputError
+from slmops.logprobs import Store
+from slmops.modeling import build_llama, load_model_and_tokenizer, resolve_model, tokenizer_fingerprint
+from slmops.task import Task, render_answer
+from slmops.training import attach_teacher_logprobs, encode_chat
+
+
+def make_student(student: dict, teacher_tokenizer, seed: int):
+    """(model, tokenizer): an existing model from `student.model`, or a new Llama from `student.config`
+    that shares the teacher's tokenizer."""
+    if student["model"]:
+        folder, _ = resolve_model(student["model"], student["revision"], "student.model")
+        model, tokenizer = load_model_and_tokenizer(folder)
+        return model.train(), tokenizer
+    torch.manual_seed(seed)
+    return build_llama(student["config"], teacher_tokenizer), teacher_tokenizer
+
+
+def use_logit_kd(kd: dict, meta: dict, student_tokenizer) -> bool:
+    """Whether the KD term applies; a tokenizer mismatch is an error unless params ask for CE only."""
+    if kd["alpha"] >= 1.0:
+        return False
+    if not meta["logprobs_top_k"]:
+        raise InputError("distill.kd.alpha < 1 needs teacher log-probs, but synthesize.logprobs_top_k is 0; "
+                         "set logprobs_top_k > 0 or distill.kd.alpha: 1")
+    if tokenizer_fingerprint(student_tokenizer) != meta["tokenizer_sha256"]:
+        if kd["on_tokenizer_mismatch"] == "ce_only":
+            print("warning: student and teacher tokenizers differ; training on cross-entropy only (distill.kd.on_tokenizer_mismatch: ce_only)")
+            return False
+        raise InputError("distill.kd: student and teacher tokenizers differ, so the teacher's log-probs cannot be matched "
+                         "token by token; use a student with the teacher's tokenizer, or set distill.kd.on_tokenizer_mismatch: ce_only")
+    return True
+
+
+def distillation_examples(task: Task, tokenizer, accepted: list[dict], store: Store | None) -> list[dict]:
+    """With a store, the teacher's own answer tokens and log-probs; otherwise its answers re-tokenised."""
+    examples = []
+    for row in accepted:
+        if store is None:
+            examples.append(encode_chat(tokenizer, task.messages(row["message"], render_answer(row["label"]))))
+            continue
+        tokens, topk_ids, topk_logprobs = store.record(row["token_offset"], row["token_count"])
+        example = encode_chat(tokenizer, task.messages(row["message"], row["answer"]), answer_ids=tokens)
+        examples.append(attach_teacher_logprobs(example, topk_ids, topk_logprobs))
+    return examples

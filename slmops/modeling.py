@@ -1,0 +1,127 @@
+"""Tokenizers and causal LMs: train a chat tokenizer, build a Llama from a config, load and pin a model."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import torch
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+from slmops.errors import InputError
+
+SPECIAL_TOKENS = ["<|pad|>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
+# The bootstrap models serve one task, so their template leaves the system message out: on a
+# 2-core CPU the instruction would be most of every training sequence.
+CHAT_TEMPLATE = (
+    "{% for message in messages %}{% if message['role'] != 'system' %}"
+    "<|{{ message['role'] }}|>{{ message['content'] }}<|end|>{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".gguf", ".onnx", ".data")
+
+
+def train_chat_tokenizer(texts: list[str], vocab_size: int) -> PreTrainedTokenizerFast:
+    """Byte-level BPE with a chat template, made for copying ids such as A-4821.
+
+    Digits come in pairs (4821 -> 48 21) and an id's letter prefix is cut from what precedes it,
+    so an id has the same tokens in the message and in the answer, and rarely the same token
+    twice: a small model then copies it by attending to the token that followed the last one.
+    """
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(r"[A-Z]+-"), behavior="isolated"),
+        pre_tokenizers.Digits(individual_digits=True),
+        pre_tokenizers.ByteLevel(add_prefix_space=False),
+    ])
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size - 100,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    bpe.train_from_iterator(texts, trainer=trainer)
+    bpe.add_tokens([f"{n:02d}" for n in range(100)])  # matched before BPE: every digit pair is one token
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=bpe, pad_token="<|pad|>", eos_token="<|end|>", bos_token=None, unk_token=None
+    )
+    tokenizer.chat_template = CHAT_TEMPLATE
+    return tokenizer
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    """SHA-256 of the vocabulary: two tokenizers with the same fingerprint give the same ids."""
+    vocab = sorted(tokenizer.get_vocab().items())
+    return hashlib.sha256(repr(vocab).encode()).hexdigest()
+
+
+def build_llama(config: dict, tokenizer) -> LlamaForCausalLM:
+    """A randomly initialised Llama sized by `config` (keys of LlamaConfig) for `tokenizer`."""
+    vocab_size = len(tokenizer)
+    widths = {k: config[k] for k in ("hidden_size", "intermediate_size") if k in config}
+    clash = [k for k, width in widths.items() if width == vocab_size]
+    if clash:
+        # The onnxruntime-genai builder takes any linear layer as wide as the vocabulary for the LM head.
+        raise InputError(f"{clash[0]} equals the vocabulary size ({vocab_size}); choose another width")
+    llama_config = LlamaConfig(
+        vocab_size=vocab_size,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=tokenizer.eos_token_id,
+        **config,
+    )
+    return LlamaForCausalLM(llama_config)
+
+
+def count_parameters(model: torch.nn.Module) -> int:
+    """Distinct parameters (tied embeddings counted once)."""
+    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+
+
+def hash_weights(folder: str | Path) -> str:
+    """SHA-256 over the weight files of a model folder, in name order."""
+    folder = Path(folder)
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name.endswith(WEIGHT_SUFFIXES))
+    if not files:
+        raise InputError(f"{folder}: no weight files ({', '.join(WEIGHT_SUFFIXES)})")
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(str(path.relative_to(folder)).encode())
+        with path.open("rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def resolve_model(name_or_path: str, revision: str | None, key: str) -> tuple[Path, str | None]:
+    """A local folder as it is, or a hub id downloaded (or found in the HF cache) at `revision`.
+
+    Returns the local folder and the commit it came from (None for a local folder).
+    `key` is the params key that named the model, for the error message.
+    """
+    local = Path(name_or_path)
+    if local.is_dir():
+        if not (local / "config.json").is_file():
+            raise InputError(f"{key}: folder '{local}' has no config.json; is it a Hugging Face model folder?")
+        return local, None
+    if local.exists() or name_or_path.startswith((".", "/")):
+        raise InputError(f"{key}: '{name_or_path}' is not a model folder")
+    from huggingface_hub import snapshot_download
+
+    try:
+        folder = snapshot_download(name_or_path, revision=revision)
+    except Exception as err:  # network, auth, unknown repo or revision: all end the same way for the user
+        raise InputError(f"{key}: cannot fetch hub model '{name_or_path}' at revision {revision or 'main'}: {err}") from None
+    return Path(folder), Path(folder).name
+
+
+def load_model_and_tokenizer(folder: str | Path, dtype: torch.dtype = torch.float32):
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if tokenizer.chat_template is None:
+        raise InputError(f"{folder}: the tokenizer has no chat template; the pipeline prompts through it")
+    return model.eval(), tokenizer

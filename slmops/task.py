@@ -1,0 +1,120 @@
+"""The task spec (data/task/): system prompt, answer JSON Schema, parsing and scoring of answers."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import jsonschema
+import yaml
+
+from slmops.errors import InputError
+
+
+@dataclass(frozen=True)
+class Task:
+    name: str
+    instruction: str
+    schema: dict
+    fields: tuple[str, ...]
+    case_insensitive: frozenset[str]
+
+    def messages(self, user_message: str, answer: str | None = None) -> list[dict]:
+        """The chat for one example: system instruction, customer message, and the answer if given."""
+        chat = [{"role": "system", "content": self.instruction}, {"role": "user", "content": user_message}]
+        if answer is not None:
+            chat.append({"role": "assistant", "content": answer})
+        return chat
+
+
+def load_task(task_dir: str | Path) -> Task:
+    task_dir = Path(task_dir)
+    spec_path = task_dir / "task.yaml"
+    if not spec_path.is_file():
+        raise InputError(f"{spec_path}: task spec not found")
+    spec = yaml.safe_load(spec_path.read_text()) or {}
+    for key in ("name", "instruction", "answer_schema", "scoring"):
+        if key not in spec:
+            raise InputError(f"{spec_path}: missing key '{key}'")
+    schema_path = task_dir / spec["answer_schema"]
+    if not schema_path.is_file():
+        raise InputError(f"{spec_path}: answer_schema '{schema_path}' not found")
+    schema = json.loads(schema_path.read_text())
+    jsonschema.Draft202012Validator.check_schema(schema)
+    scoring = spec["scoring"]
+    return Task(
+        name=spec["name"],
+        instruction=" ".join(spec["instruction"].split()),
+        schema=schema,
+        fields=tuple(scoring["fields"]),
+        case_insensitive=frozenset(scoring.get("case_insensitive", [])),
+    )
+
+
+def render_answer(label: dict) -> str:
+    """The canonical answer text a model is trained to write for a label."""
+    return json.dumps(label, ensure_ascii=False)
+
+
+def check_answer(task: Task, text: str) -> tuple[dict | None, str | None]:
+    """Parse and validate one model answer. Returns (answer, None) or (None, reason)."""
+    try:
+        answer = json.loads(text)
+    except json.JSONDecodeError as err:
+        return None, f"not valid JSON: {err.msg} at column {err.colno}"
+    errors = sorted(jsonschema.Draft202012Validator(task.schema).iter_errors(answer), key=lambda e: list(e.path))
+    if errors:
+        where = "/".join(str(p) for p in errors[0].path) or "(root)"
+        return None, f"schema: {where}: {errors[0].message}"
+    return answer, None
+
+
+def _normalise(task: Task, field: str, value):
+    if isinstance(value, str):
+        value = value.strip()
+        return value.lower() if field in task.case_insensitive else value
+    return value
+
+
+def score(task: Task, predictions: list[str], labels: list[dict]) -> dict:
+    """Accuracy figures for model answers against gold labels (fractions in [0, 1])."""
+    if len(predictions) != len(labels):
+        raise ValueError(f"{len(predictions)} predictions for {len(labels)} labels")
+    n = len(labels)
+    json_valid = schema_valid = exact = 0
+    field_hits = dict.fromkeys(task.fields, 0)
+    for text, gold in zip(predictions, labels):
+        try:
+            parsed = json.loads(text)
+            json_valid += 1
+        except json.JSONDecodeError:
+            parsed = None
+        if parsed is not None and check_answer(task, text)[0] is not None:
+            schema_valid += 1
+        parsed = parsed if isinstance(parsed, dict) else {}
+        hits = {f: _normalise(task, f, parsed.get(f, "<missing>")) == _normalise(task, f, gold.get(f)) for f in task.fields}
+        exact += all(hits.values())
+        for f, hit in hits.items():
+            field_hits[f] += hit
+    return {
+        "exact_match": exact / n,
+        "json_valid": json_valid / n,
+        "schema_valid": schema_valid / n,
+        "field_accuracy": {f: hits / n for f, hits in field_hits.items()},
+        "n": n,
+    }
+
+
+def read_labelled(path: str | Path, task: Task) -> list[dict]:
+    """Labelled rows {id, message, label}; a label the answer schema rejects is named by file and line."""
+    from slmops.io import read_jsonl
+
+    rows = read_jsonl(path, required=("message", "label"))
+    validator = jsonschema.Draft202012Validator(task.schema)
+    for number, row in enumerate(rows, start=1):
+        error = next(iter(validator.iter_errors(row["label"])), None)
+        if error is not None:
+            where = "/".join(str(p) for p in error.path) or "(root)"
+            raise InputError(f"{path}: record {number} (id {row.get('id', '?')}): label {where}: {error.message}")
+    return rows

@@ -1,0 +1,66 @@
+"""The teacher: train a small one on the labelled set (bootstrap), or pin an existing model (hf)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from transformers import AutoTokenizer
+
+from slmops.errors import InputError
+from slmops.modeling import (
+    build_llama, count_parameters, hash_weights, load_model_and_tokenizer, resolve_model, train_chat_tokenizer,
+)
+from slmops.task import Task, render_answer
+from slmops.training import TrainConfig, encode_chat, train
+
+IDENTITY_FILE = "teacher.json"
+
+
+def sft_examples(task: Task, tokenizer, rows: list[dict]) -> list[dict]:
+    """Encoded chat examples (message in, canonical JSON answer out) from labelled rows."""
+    return [encode_chat(tokenizer, task.messages(r["message"], render_answer(r["label"]))) for r in rows]
+
+
+def bootstrap(task: Task, rows: list[dict], vocab_size: int, config: dict, train_config: TrainConfig,
+              out_dir: Path, live_dir: Path) -> dict:
+    """Train a tokenizer and a small Llama on labelled rows; save both to `out_dir`."""
+    texts = [r["message"] for r in rows] + [render_answer(r["label"]) for r in rows]
+    tokenizer = train_chat_tokenizer(texts, vocab_size)
+    torch.manual_seed(train_config.seed)
+    model = build_llama(config, tokenizer)
+    stats = train(model, tokenizer, sft_examples(task, tokenizer, rows), train_config, live_dir)
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    identity = {"backend": "bootstrap", "source": ".", "revision": None, "weights_sha256": hash_weights(out_dir),
+                "parameters": count_parameters(model)}
+    (out_dir / IDENTITY_FILE).write_text(json.dumps(identity, indent=2) + "\n")
+    return {**identity, **stats}
+
+
+def pin_hf(model: str, revision: str | None, out_dir: Path) -> dict:
+    """Record name, revision and weights hash of an existing model; keep a copy of its tokenizer."""
+    folder, commit = resolve_model(model, revision, "teacher.model")
+    identity = {"backend": "hf", "source": model if commit else str(folder.resolve()), "revision": commit or revision,
+                "weights_sha256": hash_weights(folder)}
+    AutoTokenizer.from_pretrained(folder).save_pretrained(out_dir)
+    (out_dir / IDENTITY_FILE).write_text(json.dumps(identity, indent=2) + "\n")
+    return identity
+
+
+def load_teacher(teacher_dir: str | Path):
+    """(model, tokenizer, identity) of the teacher the teacher stage pinned; refuses changed weights."""
+    teacher_dir = Path(teacher_dir)
+    identity_path = teacher_dir / IDENTITY_FILE
+    if not identity_path.is_file():
+        raise InputError(f"{identity_path}: not found; run the teacher stage first (dvc repro teacher)")
+    identity = json.loads(identity_path.read_text())
+    if identity["backend"] == "bootstrap":
+        folder = teacher_dir
+    else:
+        folder, _ = resolve_model(identity["source"], identity["revision"], f"{identity_path}: source")
+    if hash_weights(folder) != identity["weights_sha256"]:
+        raise InputError(f"{folder}: weights differ from those pinned in {identity_path}; rerun the teacher stage")
+    model, tokenizer = load_model_and_tokenizer(folder)
+    return model, tokenizer, identity

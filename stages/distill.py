@@ -1,0 +1,51 @@
+"""Stage distill: train the student on the teacher's answers -> models/student/.
+
+    python -m stages.distill      (dvc repro distill)
+
+Loss = alpha * CE on the teacher's answer tokens + (1 - alpha) * T^2 * KD on its stored top-k
+log-probs (forward KL, reverse KL or JSD). Loss curves: reports/train/distill (dvc plots show).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from transformers import AutoTokenizer
+
+from slmops.distill import distillation_examples, make_student, use_logit_kd
+from slmops.errors import exits_2_on_input_error
+from slmops.io import atomic_dir, read_jsonl, write_json
+from slmops.logprobs import Store
+from slmops.modeling import count_parameters
+from slmops.params import load_params
+from slmops.task import load_task
+from slmops.training import KDConfig, TrainConfig, train
+
+SYNTHETIC = Path("data/synthetic")
+OUT = Path("models/student")
+METRICS = Path("reports/distill.json")
+LIVE_DIR = Path("reports/train/distill")
+
+
+@exits_2_on_input_error
+def main() -> None:
+    params = load_params()
+    distill = params["distill"]
+    task = load_task(params["task"]["dir"])
+    meta = json.loads((SYNTHETIC / "meta.json").read_text())
+    accepted = read_jsonl(SYNTHETIC / "accepted.jsonl", required=("message", "answer", "label"))
+    teacher_tokenizer = AutoTokenizer.from_pretrained("models/teacher")
+    model, tokenizer = make_student(params["student"], teacher_tokenizer, params["seed"])
+    kd_on = use_logit_kd(distill["kd"], meta, tokenizer)
+    examples = distillation_examples(task, tokenizer, accepted, Store(SYNTHETIC) if kd_on else None)
+    kd = KDConfig(**{k: v for k, v in distill["kd"].items() if k != "on_tokenizer_mismatch"}) if kd_on else None
+    stats = train(model, tokenizer, examples, TrainConfig(**distill["train"], seed=params["seed"]), LIVE_DIR, kd=kd)
+    with atomic_dir(OUT) as out:
+        model.save_pretrained(out)
+        tokenizer.save_pretrained(out)
+    write_json(METRICS, {**stats, "parameters": count_parameters(model), "examples": len(examples), "logit_kd": kd_on})
+
+
+if __name__ == "__main__":
+    main()

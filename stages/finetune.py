@@ -1,0 +1,56 @@
+"""Stage finetune: adapt the distilled student to the human-labelled set.
+
+    python -m stages.finetune      (dvc repro finetune)
+
+lora / qlora: trains a peft adapter -> models/adapter/, merges it -> models/finetuned/.
+none: trains all weights -> models/finetuned/; models/adapter/ then holds only finetune.json.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from transformers import AutoTokenizer
+
+from slmops.errors import exits_2_on_input_error
+from slmops.finetune import check_method_runs_here, load_base, merged_model, trainable_parameters, with_adapter
+from slmops.io import atomic_dir, write_json
+from slmops.params import load_params
+from slmops.task import load_task, read_labelled
+from slmops.teacher import sft_examples
+from slmops.training import TrainConfig, train
+
+STUDENT = Path("models/student")
+OUT = Path("models/finetuned")
+ADAPTER = Path("models/adapter")
+METRICS = Path("reports/finetune.json")
+LIVE_DIR = Path("reports/train/finetune")
+
+
+@exits_2_on_input_error
+def main() -> None:
+    params = load_params()
+    finetune = params["finetune"]
+    method = finetune["method"]
+    check_method_runs_here(method)
+    task = load_task(params["task"]["dir"])
+    rows = read_labelled(params["data"]["labelled"], task)
+    tokenizer = AutoTokenizer.from_pretrained(STUDENT)
+    base = load_base(STUDENT, method)
+    model = base if method == "none" else with_adapter(base, finetune["lora"])
+    trainable, total = trainable_parameters(model)
+    stats = train(model, tokenizer, sft_examples(task, tokenizer, rows),
+                  TrainConfig(**finetune["train"], seed=params["seed"]), LIVE_DIR)
+    record = {**stats, "method": method, "trainable_parameters": trainable, "total_parameters": total}
+    with atomic_dir(ADAPTER) as adapter, atomic_dir(OUT) as out:
+        if method != "none":
+            model.save_pretrained(adapter)
+            model = merged_model(STUDENT, adapter)
+        model.save_pretrained(out)
+        tokenizer.save_pretrained(out)
+        write_json(adapter / "finetune.json", record)
+    write_json(METRICS, record)
+
+
+if __name__ == "__main__":
+    main()

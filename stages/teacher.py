@@ -1,0 +1,44 @@
+"""Stage teacher: make the teacher available and record its identity.
+
+    python -m stages.teacher      (dvc repro teacher)
+
+bootstrap: trains a tokenizer and a small Llama on the labelled seed set -> models/teacher/.
+hf: pins an existing model (local folder or hub id) by name, revision and weights hash.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from slmops.augment import swap_stated_values
+from slmops.errors import exits_2_on_input_error
+from slmops.io import atomic_dir, write_json
+from slmops.params import load_params
+from slmops.task import load_task, read_labelled
+from slmops.teacher import bootstrap, pin_hf
+from slmops.training import TrainConfig
+
+OUT = Path("models/teacher")
+METRICS = Path("reports/teacher.json")
+LIVE_DIR = Path("reports/train/teacher")
+
+
+@exits_2_on_input_error
+def main() -> None:
+    params = load_params()
+    teacher = params["teacher"]
+    with atomic_dir(OUT) as out:
+        if teacher["backend"] == "hf":
+            identity = pin_hf(teacher["model"], teacher["revision"], out)
+        else:
+            task = load_task(params["task"]["dir"])
+            rows = read_labelled(params["data"]["labelled"], task)
+            boot = teacher["bootstrap"]
+            rows = swap_stated_values(rows, boot["augment_copies"], params["seed"])
+            train_config = TrainConfig(**boot["train"], seed=params["seed"])
+            identity = bootstrap(task, rows, boot["vocab_size"], boot["config"], train_config, out, LIVE_DIR)
+    write_json(METRICS, identity)
+
+
+if __name__ == "__main__":
+    main()
