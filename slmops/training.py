@@ -18,6 +18,7 @@ from transformers.integrations import DVCLiveCallback
 
 from slmops import losses
 from slmops.errors import InputError
+from slmops.io import atomic_dir
 
 IGNORE = -100
 
@@ -124,10 +125,11 @@ class DistillationTrainer(Trainer):
 
 
 def train(model, tokenizer, examples: list[dict], config: TrainConfig, live_dir: str | Path, kd: KDConfig | None = None):
-    """Train `model` in place on encoded examples; loss curves go to `live_dir` through dvclive."""
+    """Train `model` in place on encoded examples; loss curves go to `live_dir` through dvclive
+    (written in full at the end, so a killed run leaves the previous curves)."""
     from dvclive import Live
 
-    with tempfile.TemporaryDirectory(prefix="slmops-trainer-") as scratch:
+    with tempfile.TemporaryDirectory(prefix="slmops-trainer-") as scratch, atomic_dir(live_dir) as live_tmp:
         args = TrainingArguments(
             output_dir=scratch,
             num_train_epochs=config.epochs,
@@ -145,7 +147,7 @@ def train(model, tokenizer, examples: list[dict], config: TrainConfig, live_dir:
             dataloader_num_workers=0,
             remove_unused_columns=False,
         )
-        live = Live(dir=str(live_dir), save_dvc_exp=False, dvcyaml=None)
+        live = Live(dir=str(live_tmp), save_dvc_exp=False, dvcyaml=None)
         trainer = DistillationTrainer(
             model=model,
             args=args,

@@ -1,0 +1,45 @@
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from slmops.modeling import build_llama, train_chat_tokenizer
+from slmops.task import load_task, render_answer
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY_LLAMA = {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "num_key_value_heads": 2,
+              "intermediate_size": 64, "max_position_embeddings": 256, "tie_word_embeddings": True}
+
+
+@pytest.fixture(scope="session")
+def task():
+    return load_task(ROOT / "data/task")
+
+
+@pytest.fixture(scope="session")
+def labelled():
+    return [json.loads(line) for line in (ROOT / "data/seed/labelled.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="session")
+def tokenizer(labelled):
+    rows = labelled[:200]
+    return train_chat_tokenizer([r["message"] for r in rows] + [render_answer(r["label"]) for r in rows], 400)
+
+
+@pytest.fixture()
+def tiny_model(tokenizer):
+    torch.manual_seed(0)
+    return build_llama(TINY_LLAMA, tokenizer)
+
+
+@pytest.fixture()
+def project(tmp_path, monkeypatch):
+    """A copy of the project's params, schema and data in a temporary working directory."""
+    for name in ("params.yaml", "params.schema.json"):
+        shutil.copy(ROOT / name, tmp_path / name)
+    shutil.copytree(ROOT / "data", tmp_path / "data", ignore=shutil.ignore_patterns("synthetic"))
+    monkeypatch.chdir(tmp_path)
+    return tmp_path

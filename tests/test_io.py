@@ -1,0 +1,58 @@
+import pytest
+
+from slmops.errors import InputError
+from slmops.io import atomic_dir, read_jsonl
+
+
+def test_atomic_dir_publishes_only_on_success(tmp_path):
+    target = tmp_path / "out"
+    with atomic_dir(target) as tmp:
+        (tmp / "weights").write_text("new")
+        assert not target.exists()
+    assert (target / "weights").read_text() == "new"
+
+
+def test_atomic_dir_keeps_the_old_output_when_the_block_fails(tmp_path):
+    target = tmp_path / "out"
+    target.mkdir()
+    (target / "weights").write_text("old")
+    with pytest.raises(RuntimeError):
+        with atomic_dir(target) as tmp:
+            (tmp / "weights").write_text("half")
+            raise RuntimeError("killed")
+    assert (target / "weights").read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+def test_read_jsonl_names_the_malformed_line(tmp_path):
+    path = tmp_path / "prompts.jsonl"
+    path.write_text('{"message": "a"}\n\n{"message": "b"\n')
+    with pytest.raises(InputError, match=r"prompts.jsonl:3: not valid JSON"):
+        read_jsonl(path)
+
+
+def test_read_jsonl_names_a_missing_key_and_a_non_object(tmp_path):
+    path = tmp_path / "prompts.jsonl"
+    path.write_text('{"message": "a"}\n{"text": "b"}\n')
+    with pytest.raises(InputError, match=r"prompts.jsonl:2: missing key\(s\) message"):
+        read_jsonl(path, required=("message",))
+    path.write_text('["a"]\n')
+    with pytest.raises(InputError, match=r"prompts.jsonl:1: expected a JSON object, got list"):
+        read_jsonl(path)
+
+
+def test_read_jsonl_missing_or_empty_file(tmp_path):
+    with pytest.raises(InputError, match="file not found"):
+        read_jsonl(tmp_path / "nope.jsonl")
+    (tmp_path / "empty.jsonl").write_text("\n")
+    with pytest.raises(InputError, match="no records"):
+        read_jsonl(tmp_path / "empty.jsonl")
+
+
+def test_atomic_dir_clears_what_a_killed_run_left(tmp_path):
+    stale = tmp_path / ".out.tmp-12345"
+    stale.mkdir()
+    (stale / "half").write_text("x")
+    with atomic_dir(tmp_path / "out") as tmp:
+        (tmp / "done").write_text("y")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]

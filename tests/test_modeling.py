@@ -1,0 +1,73 @@
+import pytest
+import torch
+
+from slmops.errors import InputError
+from slmops.modeling import (
+    build_llama, count_parameters, hash_weights, load_model_and_tokenizer, resolve_model, tokenizer_fingerprint,
+)
+from conftest import TINY_LLAMA
+
+
+def test_tokenizer_copies_ids_as_the_same_tokens_in_message_and_answer(tokenizer):
+    message = tokenizer("my order Z-9153, please", add_special_tokens=False)["input_ids"]
+    answer = tokenizer('{"order_id": "Z-9153"}', add_special_tokens=False)["input_ids"]
+    id_tokens = tokenizer.convert_ids_to_tokens(message)
+    assert id_tokens[-5:-2] == ["91", "53", ","][-3:] or "91" in id_tokens
+    z_dash_91_53 = tokenizer.convert_tokens_to_ids(["Z", "-", "91", "53"])
+    for ids in (message, answer):
+        text = " ".join(map(str, ids))
+        assert " ".join(map(str, z_dash_91_53)) in text
+
+
+def test_chat_template_and_end_token(tokenizer, task):
+    prompt = tokenizer.apply_chat_template(task.messages("where is my order"), add_generation_prompt=True, tokenize=False)
+    assert prompt == "<|user|>where is my order<|end|><|assistant|>"
+    assert tokenizer.eos_token == "<|end|>" and tokenizer.pad_token == "<|pad|>"
+
+
+def test_fingerprint_tells_tokenizers_apart(tokenizer, labelled):
+    from slmops.modeling import train_chat_tokenizer
+
+    other = train_chat_tokenizer([r["message"] for r in labelled[200:300]], 350)
+    assert tokenizer_fingerprint(tokenizer) == tokenizer_fingerprint(tokenizer)
+    assert tokenizer_fingerprint(tokenizer) != tokenizer_fingerprint(other)
+
+
+def test_build_llama_refuses_a_width_equal_to_the_vocabulary(tokenizer):
+    with pytest.raises(InputError, match=f"intermediate_size equals the vocabulary size \\({len(tokenizer)}\\)"):
+        build_llama({**TINY_LLAMA, "intermediate_size": len(tokenizer)}, tokenizer)
+
+
+def test_saved_model_loads_from_a_local_folder_and_hashes_stably(tiny_model, tokenizer, tmp_path):
+    tiny_model.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    folder, commit = resolve_model(str(tmp_path), None, "student.model")
+    assert folder == tmp_path and commit is None
+    model, loaded = load_model_and_tokenizer(folder)
+    assert count_parameters(model) == count_parameters(tiny_model)
+    assert loaded.chat_template == tokenizer.chat_template
+    first = hash_weights(tmp_path)
+    assert first == hash_weights(tmp_path)
+    with torch.no_grad():
+        next(model.parameters()).add_(1.0)
+    model.save_pretrained(tmp_path)
+    assert hash_weights(tmp_path) != first
+
+
+def test_resolve_model_errors_name_the_key(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputError, match="teacher.model: folder '.*empty' has no config.json"):
+        resolve_model(str(tmp_path / "empty"), None, "teacher.model")
+    with pytest.raises(InputError, match="student.model: './nowhere' is not a model folder"):
+        resolve_model("./nowhere", None, "student.model")
+
+
+def test_hub_id_without_network_is_a_clear_error(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(InputError, match="teacher.model: cannot fetch hub model 'example-org/no-such-model' at revision main"):
+        resolve_model("example-org/no-such-model", None, "teacher.model")
+
+
+def test_hash_weights_needs_weight_files(tmp_path):
+    with pytest.raises(InputError, match="no weight files"):
+        hash_weights(tmp_path)

@@ -1,0 +1,85 @@
+import json
+
+import numpy as np
+import pytest
+
+from slmops import synthesize
+from slmops.distill import distillation_examples, use_logit_kd
+from slmops.errors import InputError
+from slmops.generation import Answer, GenerationConfig, generate_answers
+from slmops.logprobs import Store
+from slmops.modeling import tokenizer_fingerprint
+from slmops.task import render_answer
+from slmops.training import IGNORE
+
+GOOD = {"intent": "order_status", "order_id": None, "product": "laptop", "urgency": "low", "sentiment": "neutral"}
+
+
+def fake_answers(tokenizer, texts, finished=True):
+    answers = []
+    for text in texts:
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        answers.append(Answer(text, ids, finished, np.tile(np.array(ids, dtype=np.int32)[:, None], (1, 3)),
+                              np.full((len(ids), 3), -0.5, dtype=np.float16)))
+    return answers
+
+
+def test_malformed_teacher_answers_are_rejected_with_reasons(monkeypatch, tokenizer, task, tmp_path):
+    texts = [render_answer(GOOD), '{"intent": "order_status"', render_answer({**GOOD, "urgency": "now"}), render_answer(GOOD)]
+    answers = fake_answers(tokenizer, texts)
+    answers[3].finished = False
+    monkeypatch.setattr(synthesize, "generate_answers", lambda *a, **k: answers)
+    prompts = [{"id": f"p{i}", "message": f"message {i}"} for i in range(4)]
+    accepted, rejected, kept, stats = synthesize.label_prompts(None, tokenizer, task, prompts, GenerationConfig(max_new_tokens=40), 3)
+    assert [r["id"] for r in accepted] == ["p0"] and accepted[0]["label"] == GOOD
+    reasons = {r["id"]: r["reason"] for r in rejected}
+    assert reasons["p1"].startswith("not valid JSON")
+    assert reasons["p2"].startswith("schema: urgency: 'now' is not one of")
+    assert reasons["p3"] == "no end token within 40 new tokens"
+    assert stats["accepted"] == 1 and stats["rejected"] == 3 and stats["reject_rate"] == 0.75
+
+    synthesize.write_synthetic(tmp_path, accepted, rejected, kept, tokenizer, 3, {"backend": "test"})
+    rows = [json.loads(line) for line in (tmp_path / "accepted.jsonl").read_text().splitlines()]
+    store = Store(tmp_path)
+    tokens, topk_ids, topk_logprobs = store.record(rows[0]["token_offset"], rows[0]["token_count"])
+    assert tokens == answers[0].token_ids
+    assert topk_ids.shape == (len(tokens), 3) and topk_logprobs.dtype == np.float32
+    assert len((tmp_path / "rejected.jsonl").read_text().splitlines()) == 3
+    meta = json.loads((tmp_path / "meta.json").read_text())
+    assert meta["tokenizer_sha256"] == tokenizer_fingerprint(tokenizer)
+
+    examples = distillation_examples(task, tokenizer, rows, store)
+    answer_positions = [i for i, label in enumerate(examples[0]["labels"]) if label != IGNORE]
+    assert [examples[0]["input_ids"][i] for i in answer_positions] == tokens
+    assert examples[0]["kd_ids"][answer_positions].tolist() == topk_ids.tolist()
+
+
+def test_batched_generation_with_logprobs(tiny_model, tokenizer, task):
+    chats = [task.messages("where is my laptop"), task.messages("refund please, order A-1234, this is urgent")]
+    config = GenerationConfig(max_new_tokens=6, batch_size=2)
+    answers = generate_answers(tiny_model.eval(), tokenizer, chats, config, top_k_logprobs=4)
+    assert len(answers) == 2
+    for answer in answers:
+        assert 1 <= len(answer.token_ids) <= 6
+        assert answer.topk_ids.shape == (len(answer.token_ids), 4)
+        # greedy: the chosen token is the most likely one
+        assert answer.topk_ids[:, 0].tolist() == answer.token_ids
+        assert (np.diff(answer.topk_logprobs.astype(np.float32), axis=1) <= 0).all()
+    # batching does not change greedy answers
+    alone = generate_answers(tiny_model, tokenizer, chats[:1], GenerationConfig(max_new_tokens=6, batch_size=1))
+    assert alone[0].token_ids == answers[0].token_ids
+
+
+def test_kd_needs_logprobs_and_a_shared_tokenizer(tokenizer, labelled):
+    from slmops.modeling import train_chat_tokenizer
+
+    kd = {"alpha": 0.5, "on_tokenizer_mismatch": "error"}
+    meta = {"logprobs_top_k": 4, "tokenizer_sha256": tokenizer_fingerprint(tokenizer)}
+    assert use_logit_kd(kd, meta, tokenizer) is True
+    assert use_logit_kd({**kd, "alpha": 1.0}, meta, tokenizer) is False
+    with pytest.raises(InputError, match="synthesize.logprobs_top_k is 0"):
+        use_logit_kd(kd, {**meta, "logprobs_top_k": 0}, tokenizer)
+    other = train_chat_tokenizer([r["message"] for r in labelled[:50]], 320)
+    with pytest.raises(InputError, match="student and teacher tokenizers differ"):
+        use_logit_kd(kd, meta, other)
+    assert use_logit_kd({**kd, "on_tokenizer_mismatch": "ce_only"}, meta, other) is False

@@ -1,0 +1,62 @@
+import json
+
+import pytest
+
+from slmops.errors import InputError
+from slmops.task import check_answer, load_task, read_labelled, render_answer, score
+
+GOLD = {"intent": "refund_request", "order_id": "A-4821", "product": "headphones", "urgency": "high", "sentiment": "negative"}
+
+
+def test_valid_answer_is_accepted(task):
+    answer, reason = check_answer(task, render_answer(GOLD))
+    assert answer == GOLD and reason is None
+
+
+@pytest.mark.parametrize("text, expected", [
+    ('{"intent": "refund_request"', "not valid JSON"),
+    ("refund please", "not valid JSON"),
+    (json.dumps({**GOLD, "intent": "hug"}), "schema: intent: 'hug' is not one of"),
+    (json.dumps({**GOLD, "order_id": "4821"}), "schema: order_id: '4821' does not match"),
+    (json.dumps({k: v for k, v in GOLD.items() if k != "urgency"}), "'urgency' is a required property"),
+    (json.dumps({**GOLD, "extra": 1}), "Additional properties are not allowed"),
+    ("[1, 2]", "schema: (root): [1, 2] is not of type 'object'"),
+])
+def test_malformed_answers_are_rejected_with_a_reason(task, text, expected):
+    answer, reason = check_answer(task, text)
+    assert answer is None
+    assert expected in reason
+
+
+def test_score_against_hand_computed_figures(task):
+    labels = [GOLD, GOLD, GOLD, GOLD]
+    predictions = [
+        render_answer(GOLD),                                     # exact
+        render_answer({**GOLD, "product": "HEADPHONES "}),       # exact: product is case-insensitive
+        render_answer({**GOLD, "order_id": "a-4821", "urgency": "low"}),  # order_id is case-sensitive: 3/5 fields
+        "not json",                                              # 0/5 fields
+    ]
+    figures = score(task, predictions, labels)
+    assert figures["exact_match"] == 0.5
+    assert figures["json_valid"] == 0.75
+    assert figures["schema_valid"] == 0.25  # "HEADPHONES " is not in the enum, "a-4821" breaks the pattern
+    assert figures["field_accuracy"] == {"intent": 0.75, "order_id": 0.5, "product": 0.75, "urgency": 0.5, "sentiment": 0.75}
+    assert figures["n"] == 4
+
+
+def test_score_rejects_mismatched_lengths(task):
+    with pytest.raises(ValueError, match="2 predictions for 1 labels"):
+        score(task, ["{}", "{}"], [GOLD])
+
+
+def test_labelled_file_with_a_bad_label_names_the_record(task, tmp_path):
+    path = tmp_path / "labelled.jsonl"
+    path.write_text(json.dumps({"id": "a", "message": "hi", "label": GOLD}) + "\n"
+                    + json.dumps({"id": "b", "message": "hi", "label": {**GOLD, "urgency": "soon"}}) + "\n")
+    with pytest.raises(InputError, match=r"record 2 \(id b\): label urgency: 'soon' is not one of"):
+        read_labelled(path, task)
+
+
+def test_missing_task_spec_is_an_input_error(tmp_path):
+    with pytest.raises(InputError, match="task spec not found"):
+        load_task(tmp_path)

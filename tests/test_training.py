@@ -1,0 +1,80 @@
+import numpy as np
+import torch
+
+from slmops.task import render_answer
+from slmops.training import IGNORE, Collator, DistillationTrainer, KDConfig, TrainConfig, attach_teacher_logprobs, encode_chat, train
+
+
+def test_encode_chat_masks_the_prompt_and_keeps_the_answer(tokenizer, task, labelled):
+    row = labelled[0]
+    example = encode_chat(tokenizer, task.messages(row["message"], render_answer(row["label"])))
+    answer = [t for t, label in zip(example["input_ids"], example["labels"]) if label != IGNORE]
+    assert tokenizer.decode(answer) == render_answer(row["label"]) + "<|end|>"
+    n_prompt = example["labels"].count(IGNORE)
+    assert tokenizer.decode(example["input_ids"][:n_prompt]).endswith("<|assistant|>")
+
+
+def test_encode_chat_uses_given_answer_tokens_verbatim(tokenizer, task):
+    example = encode_chat(tokenizer, task.messages("hello", "x"), answer_ids=[5, 6, 7])
+    assert example["input_ids"][-3:] == [5, 6, 7] and example["labels"][-3:] == [5, 6, 7]
+
+
+def test_collator_pads_and_aligns_teacher_logprobs(tokenizer, task):
+    a = attach_teacher_logprobs(encode_chat(tokenizer, task.messages("hi", "x"), answer_ids=[10, 11]),
+                                np.array([[10, 3], [11, 4]]), np.array([[-0.1, -2.0], [-0.2, -3.0]]))
+    b = attach_teacher_logprobs(encode_chat(tokenizer, task.messages("a longer message here", "x"), answer_ids=[12]),
+                                np.array([[12, 3]]), np.array([[-0.3, -1.0]]))
+    batch = Collator(tokenizer.pad_token_id)([a, b])
+    width = max(len(a["input_ids"]), len(b["input_ids"]))
+    assert batch["input_ids"].shape == (2, width) and batch["kd_ids"].shape == (2, width, 2)
+    n = len(a["input_ids"])
+    assert batch["kd_ids"][0, n - 2:n].tolist() == [[10, 3], [11, 4]]
+    assert batch["labels"][0, n - 2:n].tolist() == [10, 11]
+    assert batch["attention_mask"][0, n:].sum() == 0 and (batch["labels"][0, n:] == IGNORE).all()
+
+
+def test_training_lowers_the_loss_with_and_without_kd(tiny_model, tokenizer, task, labelled, tmp_path):
+    rows = labelled[:32]
+    examples = [encode_chat(tokenizer, task.messages(r["message"], render_answer(r["label"]))) for r in rows]
+    collate = Collator(tokenizer.pad_token_id)
+
+    def loss_of(model):
+        batch = collate(examples)
+        with torch.no_grad():
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
+        return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), batch["labels"][:, 1:].reshape(-1), ignore_index=IGNORE).item()
+
+    before = loss_of(tiny_model)
+    config = TrainConfig(epochs=3, batch_size=8, learning_rate=1e-2, seed=0, logging_steps=2)
+    stats = train(tiny_model, tokenizer, examples, config, tmp_path / "live")
+    assert stats["steps"] == 12
+    assert loss_of(tiny_model) < before - 1.0
+    assert (tmp_path / "live" / "plots" / "metrics" / "train" / "loss.tsv").is_file()
+
+    k = 4
+    with_kd = []
+    for ex in examples:
+        n_answer = len(ex["input_ids"]) - ex["labels"].count(IGNORE)
+        answer = [t for t in ex["labels"] if t != IGNORE]
+        ids = np.array([[t] + [0, 1, 2][:k - 1] for t in answer])
+        logprobs = np.tile(np.log(np.array([0.97, 0.01, 0.01, 0.01])), (n_answer, 1))
+        with_kd.append(attach_teacher_logprobs(ex, ids, logprobs))
+    kd_stats = train(tiny_model, tokenizer, with_kd, config, tmp_path / "live-kd",
+                     kd=KDConfig(alpha=0.5, loss="jsd", temperature=2.0, beta=0.5))
+    assert np.isfinite(kd_stats["train_loss"])
+
+
+def test_distillation_loss_mixes_ce_and_kd(tiny_model, tokenizer, task):
+    example = attach_teacher_logprobs(encode_chat(tokenizer, task.messages("hi", "x"), answer_ids=[10, 11]),
+                                      np.array([[10, 3], [11, 4]]), np.array([[-0.1, -2.4], [-0.2, -1.7]]))
+    batch = Collator(tokenizer.pad_token_id)([example])
+    trainer = DistillationTrainer.__new__(DistillationTrainer)
+    trainer.kd = None
+    ce = trainer.compute_loss(tiny_model, dict(batch)).item()
+    trainer.kd = KDConfig(alpha=1.0, loss="forward_kl", temperature=2.0)
+    assert trainer.compute_loss(tiny_model, dict(batch)).item() == ce
+    trainer.kd = KDConfig(alpha=0.0, loss="forward_kl", temperature=2.0)
+    kd_only = trainer.compute_loss(tiny_model, dict(batch)).item()
+    trainer.kd = KDConfig(alpha=0.25, loss="forward_kl", temperature=2.0)
+    mixed = trainer.compute_loss(tiny_model, dict(batch)).item()
+    assert mixed == __import__("pytest").approx(0.25 * ce + 0.75 * kd_only, rel=1e-5)
