@@ -1,23 +1,38 @@
 """Label-preserving augmentation for small labelled sets.
 
-A small model trained on a few hundred examples memorises which id goes with which message
-instead of learning to copy it. Swapping the values that a message states verbatim (an order id,
-a product) for values of the same field from other records gives it many more pairings to learn
-from, so copying is the only rule that fits.
+A small model trained on a few hundred examples memorises the values it has seen (which ids
+exist, which product goes with which words) instead of learning to copy them from the message.
+Each augmented copy replaces the values a message states verbatim: a value with digits (an id)
+by a fresh one of the same shape (letter for letter, digit for digit), any other value (a
+product) by the same field's value from another record. Copying is then the only rule that fits.
 """
 
 from __future__ import annotations
 
 import random
 import re
+import string
 
 
 def _stated(value, message: str) -> bool:
     return isinstance(value, str) and re.search(rf"\b{re.escape(value)}\b", message) is not None
 
 
+def same_shape(value: str, rng: random.Random) -> str:
+    """A random string with the character classes of `value`: A-4821 -> K-0937."""
+    def resample(char: str) -> str:
+        if char.isdigit():
+            return rng.choice(string.digits)
+        if char.isupper():
+            return rng.choice(string.ascii_uppercase)
+        if char.islower():
+            return rng.choice(string.ascii_lowercase)
+        return char
+    return "".join(resample(c) for c in value)
+
+
 def swap_stated_values(rows: list[dict], copies: int, seed: int) -> list[dict]:
-    """`copies` augmented copies of each {message, label} row, after the originals."""
+    """The rows followed by `copies` augmented copies of each {message, label} row."""
     rng = random.Random(seed)
     pools: dict[str, list[str]] = {}
     for row in rows:
@@ -29,9 +44,10 @@ def swap_stated_values(rows: list[dict], copies: int, seed: int) -> list[dict]:
         for row in rows:
             message, label = row["message"], dict(row["label"])
             for field, value in row["label"].items():
-                if field in pools and _stated(value, message):
-                    new = rng.choice(pools[field])
-                    message = re.sub(rf"\b{re.escape(value)}\b", lambda _: new, message)
-                    label[field] = new
+                if not _stated(value, message):
+                    continue
+                new = same_shape(value, rng) if any(c.isdigit() for c in value) else rng.choice(pools[field])
+                message = re.sub(rf"\b{re.escape(value)}\b", lambda _: new, message)
+                label[field] = new
             out.append({**row, "message": message, "label": label})
     return out

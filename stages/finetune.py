@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from transformers import AutoTokenizer
+from transformers import AutoTokenizer, set_seed
 
 from slmops.errors import exits_2_on_input_error
 from slmops.finetune import check_method_runs_here, load_base, merged_model, trainable_parameters, with_adapter
@@ -36,6 +36,7 @@ def main() -> None:
     task = load_task(params["task"]["dir"])
     rows = read_labelled(params["data"]["labelled"], task)
     tokenizer = AutoTokenizer.from_pretrained(STUDENT)
+    set_seed(params["seed"])  # the adapter's initial weights are random
     base = load_base(STUDENT, method)
     model = base if method == "none" else with_adapter(base, finetune["lora"])
     trainable, total = trainable_parameters(model)

@@ -16,7 +16,7 @@ from slmops.modeling import hash_weights
 from conftest import ROOT
 
 pytestmark = pytest.mark.e2e
-TINY = {"hidden_size": 48, "num_hidden_layers": 1, "num_attention_heads": 2, "num_key_value_heads": 2,
+TINY = {"hidden_size": 48, "num_hidden_layers": 2, "num_attention_heads": 2, "num_key_value_heads": 2,
         "intermediate_size": 96, "max_position_embeddings": 256, "tie_word_embeddings": True}
 
 
@@ -32,13 +32,13 @@ def small_params(params):
     params["data"] = {"labelled": "data/small/labelled.jsonl", "prompts": "data/small/prompts.jsonl", "eval": "data/small/eval.jsonl"}
     boot = params["teacher"]["bootstrap"]
     boot.update(vocab_size=400, augment_copies=1, config=TINY)
-    boot["train"].update(epochs=1, batch_size=16)
+    boot["train"].update(epochs=10, batch_size=16, learning_rate=0.01)
     params["student"]["config"] = {**TINY, "hidden_size": 32, "intermediate_size": 64}
     params["distill"]["train"].update(epochs=1)
     params["finetune"]["train"].update(epochs=1)
     params["finetune"]["lora"]["r"] = 4
-    params["synthesize"]["generation"]["max_new_tokens"] = 48
-    params["evaluate"]["generation"]["max_new_tokens"] = 48
+    params["synthesize"]["generation"]["max_new_tokens"] = 80  # a 400-token vocabulary spells answers in more tokens
+    params["evaluate"]["generation"]["max_new_tokens"] = 80
     return params
 
 
