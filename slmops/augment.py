@@ -3,8 +3,8 @@
 A small model trained on a few hundred examples memorises the values it has seen (which ids
 exist, which product goes with which words) instead of learning to copy them from the message.
 Each augmented copy replaces the values a message states verbatim: a value with digits (an id)
-by a fresh one of the same shape (letter for letter, digit for digit), any other value (a
-product) by the same field's value from another record. Copying is then the only rule that fits.
+by the same value with fresh random digits, any other value (a product) by the same field's
+value from another record. Copying is then the only rule that fits.
 """
 
 from __future__ import annotations
@@ -18,17 +18,9 @@ def _stated(value, message: str) -> bool:
     return isinstance(value, str) and re.search(rf"\b{re.escape(value)}\b", message) is not None
 
 
-def same_shape(value: str, rng: random.Random) -> str:
-    """A random string with the character classes of `value`: A-4821 -> K-0937."""
-    def resample(char: str) -> str:
-        if char.isdigit():
-            return rng.choice(string.digits)
-        if char.isupper():
-            return rng.choice(string.ascii_uppercase)
-        if char.islower():
-            return rng.choice(string.ascii_lowercase)
-        return char
-    return "".join(resample(c) for c in value)
+def fresh_digits(value: str, rng: random.Random) -> str:
+    """`value` with each digit drawn anew: ORD-4821 -> ORD-0937."""
+    return "".join(rng.choice(string.digits) if c.isdigit() else c for c in value)
 
 
 def swap_stated_values(rows: list[dict], copies: int, seed: int) -> list[dict]:
@@ -46,7 +38,7 @@ def swap_stated_values(rows: list[dict], copies: int, seed: int) -> list[dict]:
             for field, value in row["label"].items():
                 if not _stated(value, message):
                     continue
-                new = same_shape(value, rng) if any(c.isdigit() for c in value) else rng.choice(pools[field])
+                new = fresh_digits(value, rng) if any(c.isdigit() for c in value) else rng.choice(pools[field])
                 message = re.sub(rf"\b{re.escape(value)}\b", lambda _: new, message)
                 label[field] = new
             out.append({**row, "message": message, "label": label})

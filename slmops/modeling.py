@@ -6,7 +6,7 @@ import hashlib
 from pathlib import Path
 
 import torch
-from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from slmops.errors import InputError
@@ -19,31 +19,31 @@ CHAT_TEMPLATE = (
     "<|{{ message['role'] }}|>{{ message['content'] }}<|end|>{% endif %}{% endfor %}"
     "{% if add_generation_prompt %}<|assistant|>{% endif %}"
 )
+DIGIT_PAIRS = [f"{n:02d}" for n in range(100)]
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".gguf", ".onnx", ".data")
 
 
 def train_chat_tokenizer(texts: list[str], vocab_size: int) -> PreTrainedTokenizerFast:
     """Byte-level BPE with a chat template, made for copying ids such as A-4821.
 
-    Digits come in pairs (4821 -> 48 21) and an id's letter prefix is cut from what precedes it,
-    so an id has the same tokens in the message and in the answer, and rarely the same token
-    twice: a small model then copies it by attending to the token that followed the last one.
+    Digits come in pairs (ORD-4821 -> ORD - 48 21), so the number of an id has the same tokens in
+    the message and in the answer and rarely the same token twice: a small model then copies it
+    token by token, each time attending to the token that followed the one it just wrote.
     """
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(r"[A-Z]+-"), behavior="isolated"),
         pre_tokenizers.Digits(individual_digits=True),
         pre_tokenizers.ByteLevel(add_prefix_space=False),
     ])
     bpe.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size - 100,
+        vocab_size=vocab_size - len(DIGIT_PAIRS),
         special_tokens=SPECIAL_TOKENS,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
     bpe.train_from_iterator(texts, trainer=trainer)
-    bpe.add_tokens([f"{n:02d}" for n in range(100)])  # matched before BPE: every digit pair is one token
+    bpe.add_tokens(DIGIT_PAIRS)  # matched before BPE
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=bpe, pad_token="<|pad|>", eos_token="<|end|>", bos_token=None, unk_token=None
     )

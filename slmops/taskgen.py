@@ -94,7 +94,7 @@ ORDER_PHRASES = [" from order {id}", " (order {id})", ", order number {id},", " 
 
 
 def order_id(rng: random.Random) -> str:
-    return f"{rng.choice('ABCDEFGHJKLMNPRSTUVWXYZ')}-{rng.randint(1000, 9999)}"
+    return f"ORD-{rng.randint(1000, 9999)}"
 
 
 def typo(word: str, rng: random.Random) -> str:

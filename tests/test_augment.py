@@ -1,16 +1,17 @@
 import random
 
-from slmops.augment import same_shape, swap_stated_values
+from slmops.augment import fresh_digits, swap_stated_values
 
 ROWS = [
-    {"id": "a", "message": "refund the laptop from order A-4821 please", "label": {"order_id": "A-4821", "product": "laptop", "urgency": "low"}},
+    {"id": "a", "message": "refund the laptop from order ORD-4821 please", "label": {"order_id": "ORD-4821", "product": "laptop", "urgency": "low"}},
     {"id": "b", "message": "where is my phone case", "label": {"order_id": None, "product": "phone case", "urgency": "low"}},
 ]
 
 
-def test_same_shape_keeps_character_classes():
-    value = same_shape("A-4821", random.Random(0))
-    assert len(value) == 6 and value[0].isupper() and value[1] == "-" and value[2:].isdigit()
+def test_fresh_digits_keeps_character_classes():
+    values = {fresh_digits("ORD-4821", random.Random(seed)) for seed in range(5)}
+    assert len(values) == 5
+    assert all(v.startswith("ORD-") and len(v) == 8 and v[4:].isdigit() for v in values)
 
 
 def test_copies_keep_message_and_label_consistent():

@@ -8,15 +8,14 @@ from slmops.modeling import (
 from conftest import TINY_LLAMA
 
 
-def test_tokenizer_copies_ids_as_the_same_tokens_in_message_and_answer(tokenizer):
-    message = tokenizer("my order Z-9153, please", add_special_tokens=False)["input_ids"]
-    answer = tokenizer('{"order_id": "Z-9153"}', add_special_tokens=False)["input_ids"]
-    id_tokens = tokenizer.convert_ids_to_tokens(message)
-    assert id_tokens[-5:-2] == ["91", "53", ","][-3:] or "91" in id_tokens
-    z_dash_91_53 = tokenizer.convert_tokens_to_ids(["Z", "-", "91", "53"])
-    for ids in (message, answer):
-        text = " ".join(map(str, ids))
-        assert " ".join(map(str, z_dash_91_53)) in text
+def test_tokenizer_spells_an_id_number_with_the_same_digit_pairs_everywhere(tokenizer):
+    message = tokenizer.convert_ids_to_tokens(tokenizer("my order ORD-9153, please", add_special_tokens=False)["input_ids"])
+    answer = tokenizer.convert_ids_to_tokens(tokenizer('{"order_id": "ORD-9153"}', add_special_tokens=False)["input_ids"])
+    for tokens in (message, answer):
+        at = tokens.index("91")
+        assert tokens[at:at + 2] == ["91", "53"]
+    odd = tokenizer.convert_ids_to_tokens(tokenizer("12345", add_special_tokens=False)["input_ids"])
+    assert odd == ["12", "34", "5"]
 
 
 def test_chat_template_and_end_token(tokenizer, task):
