@@ -19,16 +19,17 @@ CHAT_TEMPLATE = (
     "<|{{ message['role'] }}|>{{ message['content'] }}<|end|>{% endif %}{% endfor %}"
     "{% if add_generation_prompt %}<|assistant|>{% endif %}"
 )
-DIGIT_PAIRS = [f"{n:02d}" for n in range(100)]
+NUMBER_TOKENS = [f"{n:02d}" for n in range(100)]
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".gguf", ".onnx", ".data")
 
 
 def train_chat_tokenizer(texts: list[str], vocab_size: int) -> PreTrainedTokenizerFast:
     """Byte-level BPE with a chat template, made for copying ids such as A-4821.
 
-    Digits come in pairs (ORD-4821 -> ORD - 48 21), so the number of an id has the same tokens in
-    the message and in the answer and rarely the same token twice: a small model then copies it
-    token by token, each time attending to the token that followed the one it just wrote.
+    Every pair of digits is one token (ORD-48 -> ORD - 48), so an id's number is the same single
+    token in the message and in the answer: a small model copies it by attending to the token
+    after "ORD-", a pattern it learns in a few hundred steps, where copying a number spelled in
+    several tokens took it thousands. Longer digit runs split into pairs (12345 -> 12 34 5).
     """
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.Sequence([
@@ -37,13 +38,13 @@ def train_chat_tokenizer(texts: list[str], vocab_size: int) -> PreTrainedTokeniz
     ])
     bpe.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size - len(DIGIT_PAIRS),
+        vocab_size=vocab_size - len(NUMBER_TOKENS),
         special_tokens=SPECIAL_TOKENS,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
     bpe.train_from_iterator(texts, trainer=trainer)
-    bpe.add_tokens(DIGIT_PAIRS)  # matched before BPE
+    bpe.add_tokens(NUMBER_TOKENS)  # matched before BPE
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=bpe, pad_token="<|pad|>", eos_token="<|end|>", bos_token=None, unk_token=None
     )

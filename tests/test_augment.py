@@ -3,15 +3,15 @@ import random
 from slmops.augment import fresh_digits, swap_stated_values
 
 ROWS = [
-    {"id": "a", "message": "refund the laptop from order ORD-4821 please", "label": {"order_id": "ORD-4821", "product": "laptop", "urgency": "low"}},
+    {"id": "a", "message": "refund the laptop from order ORD-48 please", "label": {"order_id": "ORD-48", "product": "laptop", "urgency": "low"}},
     {"id": "b", "message": "where is my phone case", "label": {"order_id": None, "product": "phone case", "urgency": "low"}},
 ]
 
 
 def test_fresh_digits_keeps_character_classes():
-    values = {fresh_digits("ORD-4821", random.Random(seed)) for seed in range(5)}
-    assert len(values) == 5
-    assert all(v.startswith("ORD-") and len(v) == 8 and v[4:].isdigit() for v in values)
+    values = {fresh_digits("ORD-48", random.Random(seed)) for seed in range(10)}
+    assert len(values) > 5
+    assert all(v.startswith("ORD-") and len(v) == 6 and v[4:].isdigit() for v in values)
 
 
 def test_copies_keep_message_and_label_consistent():

@@ -37,7 +37,7 @@ def small_params(params):
     params["distill"]["train"].update(epochs=1)
     params["finetune"]["train"].update(epochs=1)
     params["finetune"]["lora"]["r"] = 4
-    params["synthesize"]["generation"]["max_new_tokens"] = 80  # a 400-token vocabulary spells answers in more tokens
+    params["synthesize"]["generation"]["max_new_tokens"] = 80  # a small vocabulary spells answers in more tokens
     params["evaluate"]["generation"]["max_new_tokens"] = 80
     return params
 

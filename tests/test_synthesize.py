@@ -55,7 +55,7 @@ def test_malformed_teacher_answers_are_rejected_with_reasons(monkeypatch, tokeni
 
 
 def test_batched_generation_with_logprobs(tiny_model, tokenizer, task):
-    chats = [task.messages("where is my laptop"), task.messages("refund please, order ORD-1234, this is urgent")]
+    chats = [task.messages("where is my laptop"), task.messages("refund please, order ORD-12, this is urgent")]
     config = GenerationConfig(max_new_tokens=6, batch_size=2)
     answers = generate_answers(tiny_model.eval(), tokenizer, chats, config, top_k_logprobs=4)
     assert len(answers) == 2
