@@ -26,15 +26,13 @@ WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".gguf", ".onnx", ".data")
 def train_chat_tokenizer(texts: list[str], vocab_size: int) -> PreTrainedTokenizerFast:
     """Byte-level BPE with a chat template, made for copying ids such as A-4821.
 
-    Spaces are tokens of their own, so a word is the same token in the message and inside the
-    JSON answer ("laptop", not " laptop" against "laptop"). Every pair of digits is one token
-    (ORD-48 -> ORD - 48; 12345 -> 12 34 5), so an id's number is one token too. A small model
-    then copies a value by attending to it, which it learns in about a thousand steps; copying
-    a value spelled differently, or in several tokens, took it far longer.
+    Every pair of digits is one token (ORD-48 -> ORD - 48; 12345 -> 12 34 5), so an id's number
+    is the same single token in the message and in the answer: a small model learns to copy it
+    by attending to the token after "ORD-" within about 1,500 steps, where copying a number spelled
+    in two or more tokens took it far longer.
     """
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(" ", behavior="isolated"),
         pre_tokenizers.Digits(individual_digits=True),
         pre_tokenizers.ByteLevel(add_prefix_space=False),
     ])

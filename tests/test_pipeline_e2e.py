@@ -37,8 +37,8 @@ def small_params(params):
     params["distill"]["train"].update(epochs=1)
     params["finetune"]["train"].update(epochs=1)
     params["finetune"]["lora"]["r"] = 4
-    params["synthesize"]["generation"]["max_new_tokens"] = 80  # a small vocabulary spells answers in more tokens
-    params["evaluate"]["generation"]["max_new_tokens"] = 80
+    params["synthesize"]["generation"]["max_new_tokens"] = 120  # a small vocabulary spells answers in more tokens
+    params["evaluate"]["generation"]["max_new_tokens"] = 120
     return params
 
 
