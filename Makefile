@@ -3,7 +3,7 @@ PYTHON ?= python3.11
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: pipeline test bench
+.PHONY: pipeline test
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,6 +16,3 @@ pipeline: $(STAMP)
 
 test: $(STAMP)
 	. $(VENV)/bin/activate && pytest
-
-bench: $(STAMP)
-	. $(VENV)/bin/activate && pytest --benchmark-only --benchmark-enable tests/benchmarks

@@ -19,12 +19,12 @@ CHAT_TEMPLATE = (
     "<|{{ message['role'] }}|>{{ message['content'] }}<|end|>{% endif %}{% endfor %}"
     "{% if add_generation_prompt %}<|assistant|>{% endif %}"
 )
-NUMBER_TOKENS = [f"{n:02d}" for n in range(100)]
+DIGIT_PAIRS = [f"{n:02d}" for n in range(100)]
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".gguf", ".onnx", ".data")
 
 
 def train_chat_tokenizer(texts: list[str], vocab_size: int) -> PreTrainedTokenizerFast:
-    """Byte-level BPE with a chat template, made for copying ids such as A-4821.
+    """Byte-level BPE with a chat template, made for copying ids such as ORD-48.
 
     Every pair of digits is one token (ORD-48 -> ORD - 48; 12345 -> 12 34 5), so an id's number
     is the same single token in the message and in the answer: a small model learns to copy it
@@ -38,13 +38,13 @@ def train_chat_tokenizer(texts: list[str], vocab_size: int) -> PreTrainedTokeniz
     ])
     bpe.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size - len(NUMBER_TOKENS),
+        vocab_size=vocab_size - len(DIGIT_PAIRS),
         special_tokens=SPECIAL_TOKENS,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
     bpe.train_from_iterator(texts, trainer=trainer)
-    bpe.add_tokens(NUMBER_TOKENS)  # matched before BPE
+    bpe.add_tokens(DIGIT_PAIRS)  # matched before BPE
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=bpe, pad_token="<|pad|>", eos_token="<|end|>", bos_token=None, unk_token=None
     )
