@@ -7,8 +7,8 @@ from slmops.finetune import check_method_runs_here, merged_model, trainable_para
 LORA = {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]}
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only refusal")
-def test_qlora_on_a_cpu_fails_at_once_with_the_reason():
+def test_qlora_on_a_cpu_fails_at_once_with_the_reason(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(InputError, match="qlora needs a CUDA GPU and bitsandbytes, and this machine has no CUDA device"):
         check_method_runs_here("qlora")
     check_method_runs_here("lora")
