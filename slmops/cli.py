@@ -3,6 +3,8 @@
     slmops validate [--params params.yaml]     check params against params.schema.json
     slmops eval MODEL_DIR [--limit N]           exact match of a model folder on the eval set
     slmops make-data [--out data]               regenerate the embedded task data (deterministic)
+    slmops package verify DIR                   re-hash, run in onnxruntime-genai and in Foundry Local
+    slmops chat DIR [MESSAGE]                   ask a packaged (or exported) model; no MESSAGE: interactive
 """
 
 from __future__ import annotations
@@ -23,20 +25,87 @@ def cmd_validate(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from slmops.evaluate import evaluate_model
+    """A PyTorch folder (config.json) or an onnxruntime-genai folder (genai_config.json)."""
+    from pathlib import Path
+
+    from slmops.evaluate import evaluate_model, evaluate_onnx
     from slmops.generation import GenerationConfig
-    from slmops.modeling import load_model_and_tokenizer
     from slmops.params import load_params
     from slmops.task import load_task, read_labelled
 
     params = load_params(args.params)
     task = load_task(params["task"]["dir"])
     rows = read_labelled(params["data"]["eval"], task)[: args.limit]
-    model, tokenizer = load_model_and_tokenizer(args.model)
     config = GenerationConfig(**params["evaluate"]["generation"], seed=params["seed"])
-    figures, _ = evaluate_model(model, tokenizer, task, rows, config, args.model)
+    if (Path(args.model) / "genai_config.json").is_file():
+        from slmops.ortgen import OnnxChatModel
+
+        figures, _ = evaluate_onnx(OnnxChatModel(args.model), task, rows, config.max_new_tokens, args.model)
+    else:
+        from slmops.modeling import load_model_and_tokenizer
+
+        model, tokenizer = load_model_and_tokenizer(args.model)
+        figures, _ = evaluate_model(model, tokenizer, task, rows, config, args.model)
     print(json.dumps(figures, indent=2))
     return 0
+
+
+def _system_prompt(folder, given: str | None) -> str | None:
+    """--system, else the instruction in the package's task.json, else none."""
+    from pathlib import Path
+
+    task_file = Path(folder) / "task.json"
+    if given is not None or not task_file.is_file():
+        return given
+    return json.loads(task_file.read_text())["instruction"]
+
+
+def cmd_package_verify(args) -> int:
+    from slmops.package import verify
+
+    system = _system_prompt(args.dir, args.system)
+    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": args.message}]
+    result = verify(args.dir, messages, args.max_output_tokens)
+    print(f"{args.dir}: {result.files} files match the manifest")
+    print(f"onnxruntime-genai: {result.genai_answer}")
+    print(f"Foundry Local ({result.foundry_finish_reason}): {result.foundry_answer}")
+    return 0
+
+
+def cmd_chat(args) -> int:
+    from slmops.ortgen import OnnxChatModel
+
+    model = OnnxChatModel(args.dir)
+    system = _system_prompt(args.dir, args.system)
+    opening = [{"role": "system", "content": system}] if system else []
+    history = list(opening)
+
+    def ask(question: str) -> None:
+        if not args.history:
+            history[:] = opening
+        history.append({"role": "user", "content": question})
+        # Keep the conversation inside the context: drop the oldest turns (never the system message).
+        while len(model.prompt_tokens(history)) + args.max_new_tokens > model.context_length and len(history) > 2:
+            del history[1 if system else 0]
+        pieces = []
+        for piece in model.stream(history, args.max_new_tokens):
+            print(piece, end="", flush=True)
+            pieces.append(piece)
+        print()
+        history.append({"role": "assistant", "content": "".join(pieces).strip()})
+
+    if args.message:
+        ask(args.message)
+        return 0
+    print(f"{args.dir}: type a message, an empty line or Ctrl-D to quit", file=sys.stderr)
+    while True:
+        try:
+            question = input("> ").strip()
+        except EOFError:
+            return 0
+        if not question:
+            return 0
+        ask(question)
 
 
 def cmd_make_data(args) -> int:
@@ -60,6 +129,21 @@ def main(argv: list[str] | None = None) -> int:
     make_data = sub.add_parser("make-data", help="regenerate the embedded support-triage data")
     make_data.add_argument("--out", default="data")
     make_data.set_defaults(run=cmd_make_data)
+    package = sub.add_parser("package", help="Foundry Local package tools").add_subparsers(dest="action", required=True)
+    verify = package.add_parser("verify", help="re-hash against manifest.json, run in onnxruntime-genai and Foundry Local")
+    verify.add_argument("dir")
+    verify.add_argument("--message", default="Hello", help="the user message both runtimes answer")
+    verify.add_argument("--system", default=None, help="system message (default: the package's task instruction)")
+    verify.add_argument("--max-output-tokens", type=int, default=64)
+    verify.set_defaults(run=cmd_package_verify)
+    chat = sub.add_parser("chat", help="ask a packaged model (one-shot with MESSAGE, else interactive)")
+    chat.add_argument("dir")
+    chat.add_argument("message", nargs="?")
+    chat.add_argument("--system", default=None, help="system message (default: the package's task instruction)")
+    chat.add_argument("--max-new-tokens", type=int, default=128)
+    chat.add_argument("--history", action="store_true",
+                      help="keep the conversation (default: each message on its own, as a one-task model expects)")
+    chat.set_defaults(run=cmd_chat)
     args = parser.parse_args(argv)
     try:
         return args.run(args)

@@ -1,50 +1,81 @@
-"""Stage evaluate: score teacher, distilled student and fine-tuned student on the held-out eval set.
+"""Stage evaluate: every variant on the held-out eval set; accuracy, speed, memory, size.
 
     python -m stages.evaluate      (dvc repro evaluate)
 
-Writes reports/metrics.json (DVC metrics) and reports/predictions/<variant>.jsonl.
+Variants: teacher, distilled student and fine-tuned student in PyTorch; the quantized export in
+onnxruntime-genai. Writes reports/metrics.json (DVC metrics), reports/predictions/<variant>.jsonl,
+reports/plots/ (DVC plots) and reports/report.md.
 """
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
-from slmops.errors import exits_2_on_input_error
-from slmops.evaluate import evaluate_model
+from slmops.errors import InputError, exits_2_on_input_error
+from slmops.evaluate import evaluate_model, evaluate_onnx, metrics, plot_rows, size_on_disk
 from slmops.generation import GenerationConfig
-from slmops.io import write_json, write_jsonl
+from slmops.io import atomic_write_text, write_json, write_jsonl
 from slmops.modeling import load_model_and_tokenizer
+from slmops.ortgen import OnnxChatModel
 from slmops.params import load_params
+from slmops.run_report import render
+from slmops.speed import measure
 from slmops.task import load_task, read_labelled
 from slmops.teacher import load_teacher
 
-METRICS = Path("reports/metrics.json")
-PREDICTIONS = Path("reports/predictions")
+TORCH_VARIANTS = {"teacher": Path("models/teacher"), "student": Path("models/student"),
+                  "finetuned": Path("models/finetuned")}
+ONNX = Path("models/onnx")
+REPORTS = Path("reports")
+
+
+def git_revision() -> str:
+    result = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    return result.stdout.strip() or "unknown"
 
 
 @exits_2_on_input_error
 def main() -> None:
     params = load_params()
-    evaluate = params["evaluate"]
+    evaluate, quantize = params["evaluate"], params["quantize"]
+    for folder in [*TORCH_VARIANTS.values(), ONNX]:
+        if not folder.is_dir():
+            raise InputError(f"{folder}: model folder missing; run `dvc repro` to build it")
     task = load_task(params["task"]["dir"])
     rows = read_labelled(params["data"]["eval"], task)[: evaluate["limit"]]
     config = GenerationConfig(**evaluate["generation"], seed=params["seed"])
-    variants = {
-        "teacher": lambda: load_teacher("models/teacher")[:2],
-        "student": lambda: load_model_and_tokenizer("models/student"),
-        "finetuned": lambda: load_model_and_tokenizer("models/finetuned"),
-    }
-    metrics = {}
-    for name, load in variants.items():
-        model, tokenizer = load()
-        metrics[name], predictions = evaluate_model(model, tokenizer, task, rows, config, name)
-        write_jsonl(PREDICTIONS / f"{name}.jsonl", predictions)
-    teacher, finetuned = metrics["teacher"], metrics["finetuned"]
-    metrics["retention"] = {
-        "accuracy_kept": finetuned["exact_match"] / teacher["exact_match"] if teacher["exact_match"] else 0.0,
-        "parameter_ratio": finetuned["parameters"] / teacher["parameters"],
-    }
-    write_json(METRICS, metrics)
+    speed = evaluate["speed"]
+    timed_rows = [rows[i % len(rows)] for i in range(speed["warmup"] + speed["repeats"])]
+    timed_chats = [task.messages(r["message"]) for r in timed_rows]
+
+    variants, latencies = {}, {}
+    for name, folder in TORCH_VARIANTS.items():
+        model, tokenizer = load_teacher(folder)[:2] if name == "teacher" else load_model_and_tokenizer(folder)
+        figures, predictions = evaluate_model(model, tokenizer, task, rows, config, name)
+        del model
+        timing = measure("torch", str(folder), timed_chats, speed["warmup"], config.max_new_tokens)
+        variants[name] = {"runtime": "PyTorch fp32", **figures, **size_on_disk(folder)}
+        latencies[name] = timing.pop("latencies_ms")
+        variants[name].update(timing)
+        write_jsonl(REPORTS / "predictions" / f"{name}.jsonl", predictions)
+
+    onnx_model = OnnxChatModel(ONNX, quantize["execution_provider"])
+    figures, predictions = evaluate_onnx(onnx_model, task, rows, config.max_new_tokens, "quantized")
+    timing = measure("onnx", str(ONNX), timed_chats, speed["warmup"], config.max_new_tokens,
+                     quantize["execution_provider"])
+    latencies["quantized"] = timing.pop("latencies_ms")
+    variants["quantized"] = {"runtime": f"onnxruntime-genai {quantize['precision']}", **figures, **timing,
+                             "parameters": variants["finetuned"]["parameters"], **size_on_disk(ONNX)}
+    write_jsonl(REPORTS / "predictions" / "quantized.jsonl", predictions)
+
+    results = metrics(variants)
+    accuracy_size, quantiles = plot_rows(variants, latencies)
+    write_json(REPORTS / "plots" / "accuracy_size.json", accuracy_size)
+    for name, points in quantiles.items():
+        write_json(REPORTS / "plots" / "latency" / f"{name}.json", points)
+    atomic_write_text(REPORTS / "report.md", render(results, quantize, len(rows), git_revision()))
+    write_json(REPORTS / "metrics.json", results)
 
 
 if __name__ == "__main__":

@@ -43,3 +43,26 @@ def project(tmp_path, monkeypatch):
     shutil.copytree(ROOT / "data", tmp_path / "data", ignore=shutil.ignore_patterns("synthetic"))
     monkeypatch.chdir(tmp_path)
     return tmp_path
+
+
+@pytest.fixture(scope="session")
+def tiny_hf_dir(tokenizer, tmp_path_factory):
+    """A tiny Llama (random weights) and its tokenizer saved as a Hugging Face folder."""
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("tiny-hf")
+    build_llama(TINY_LLAMA, tokenizer).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_onnx(tiny_hf_dir, tmp_path_factory):
+    """The tiny model exported by the onnxruntime-genai builder: {precision: folder} for fp32 and int4."""
+    from slmops.export import ExportConfig, run_builder
+
+    root = tmp_path_factory.mktemp("tiny-onnx")
+    folders = {}
+    for precision in ("fp32", "int4"):
+        folders[precision] = root / precision
+        run_builder(tiny_hf_dir, folders[precision], ExportConfig(precision=precision), root)
+    return folders

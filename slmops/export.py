@@ -1,0 +1,215 @@
+"""ONNX export and quantization for onnxruntime-genai (model builder or Olive), and the parity check.
+
+The builder has no int8: int8 is an fp32 build whose MatMul weights onnxruntime's MatMulNBitsQuantizer
+then quantizes to 8 bits (the same quantizer the builder uses for int4).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from slmops.errors import InputError
+
+GENAI_FILES = ("genai_config.json", "tokenizer.json", "tokenizer_config.json", "chat_template.jinja")
+
+
+@dataclass
+class ExportConfig:
+    precision: str = "int4"  # int4 | int8 | fp16 | fp32
+    execution_provider: str = "cpu"  # cpu | cuda | dml
+    block_size: int = 32
+    symmetric: bool = True
+    accuracy_level: int = 4
+    embeddings: bool = True  # int4: quantize the embedding table too, shared with a tied LM head
+
+    @property
+    def build_precision(self) -> str:
+        return "fp32" if self.precision == "int8" else self.precision
+
+
+def builder_options(config: ExportConfig, tied_embeddings: bool) -> dict[str, str]:
+    """The builder's --extra_options for int4 (it has no knobs for the float precisions)."""
+    if config.precision != "int4":
+        return {}
+    options = {
+        "int4_block_size": str(config.block_size),
+        "int4_is_symmetric": str(config.symmetric).lower(),
+        "int4_accuracy_level": str(config.accuracy_level),
+    }
+    if config.embeddings:
+        options["int4_op_types_to_quantize"] = "MatMul/Gather"
+        options["int4_algo_config"] = "rtn"  # the builder shares quantized embeddings only with rtn or k_quant
+        if tied_embeddings:
+            options["shared_embeddings"] = "true"
+    return options
+
+
+def tied_embeddings(model_dir: str | Path) -> bool:
+    config = json.loads((Path(model_dir) / "config.json").read_text())
+    return bool(config.get("tie_word_embeddings", False))
+
+
+def run_builder(model_dir: Path, out_dir: Path, config: ExportConfig, cache_dir: Path) -> None:
+    """`python -m onnxruntime_genai.models.builder` on a local Hugging Face folder, then int8 if asked."""
+    command = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(model_dir.resolve()),
+               "-o", str(out_dir.resolve()), "-p", config.build_precision, "-e", config.execution_provider,
+               "-c", str(cache_dir.resolve())]
+    options = builder_options(config, tied_embeddings(model_dir))
+    if options:
+        command += ["--extra_options", *(f"{k}={v}" for k, v in options.items())]
+    _run(command, "onnxruntime-genai model builder", cwd=cache_dir)
+    if config.precision == "int8":
+        quantize_int8(out_dir, config)
+
+
+def quantize_int8(folder: Path, config: ExportConfig) -> None:
+    """Quantize the MatMul weights of folder/model.onnx to 8-bit blocks in place."""
+    import onnx
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    model = onnx.load(str(folder / "model.onnx"))
+    quantizer = MatMulNBitsQuantizer(model, bits=8, block_size=config.block_size,
+                                     is_symmetric=config.symmetric, accuracy_level=config.accuracy_level)
+    quantizer.process()
+    for stale in folder.glob("model.onnx*"):
+        stale.unlink()
+    quantizer.model.save_model_to_file(str(folder / "model.onnx"), use_external_data_format=True)
+
+
+OLIVE_PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "dml": "DmlExecutionProvider"}
+
+
+def olive_workflow(model_dir: str, out_dir: str, cache_dir: str, config: ExportConfig) -> dict:
+    """An Olive workflow: ModelBuilder, plus 8-bit block-wise RTN for int8. Run it with absolute paths from
+    an empty directory: Olive reads a value that names an existing relative path as that path."""
+    build = {"type": "ModelBuilder", "precision": config.build_precision}
+    options = builder_options(config, tied_embeddings(model_dir))
+    if options:
+        build |= {"int4_block_size": config.block_size, "int4_is_symmetric": config.symmetric,
+                  "int4_accuracy_level": config.accuracy_level}
+        if config.embeddings:
+            build |= {"int4_op_types_to_quantize": ["MatMul", "Gather"], "int4_algo_config": "rtn",
+                      "extra_options": {k: v for k, v in options.items() if k == "shared_embeddings"}}
+    passes = {"build": build}
+    if config.precision == "int8":
+        # Olive 0.13's RTN pass renames the graph output `logits` of a quantized lm_head to `logits_Q8`,
+        # which onnxruntime-genai cannot find; the LM head stays fp32 on this engine.
+        passes["int8"] = {"type": "OnnxBlockWiseRtnQuantization", "bits": 8, "block_size": config.block_size,
+                          "is_symmetric": config.symmetric, "accuracy_level": config.accuracy_level,
+                          "nodes_to_exclude": ["/lm_head/MatMul"]}
+    device = "cpu" if config.execution_provider == "cpu" else "gpu"
+    return {
+        "input_model": {"type": "HfModel", "model_path": model_dir},
+        "systems": {"local_system": {"type": "LocalSystem", "accelerators": [
+            {"device": device, "execution_providers": [OLIVE_PROVIDERS[config.execution_provider]]}]}},
+        "passes": passes,
+        "host": "local_system",
+        "target": "local_system",
+        "cache_dir": cache_dir,
+        "output_dir": out_dir,
+        "log_severity_level": 1,
+    }
+
+
+def run_olive(workflow_file: Path, out_dir: Path) -> None:
+    """`olive run` from an empty directory, with CI=1 (no telemetry wait without network)."""
+    with tempfile.TemporaryDirectory(prefix="olive-run-") as neutral:
+        _run([sys.executable, "-m", "olive", "run", "--config", str(workflow_file.resolve())], "olive run", cwd=Path(neutral),
+             env={**os.environ, "CI": "1"})
+    # Olive can exit 0 without writing a model when a pass fails; a missing model is the failure.
+    if not (out_dir / "model.onnx").is_file():
+        raise RuntimeError(f"olive run exited 0 but wrote no model.onnx in {out_dir}; see the log above")
+
+
+def _run(command: list[str], what: str, cwd: Path, env: dict | None = None) -> None:
+    result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True)
+    if result.returncode != 0:
+        tail = "\n".join((result.stdout + result.stderr).splitlines()[-30:])
+        raise RuntimeError(f"{what} failed (exit {result.returncode}):\n{tail}")
+
+
+def keep_genai_files(source: Path, dest: Path) -> None:
+    """Copy the files onnxruntime-genai needs (model, weights, config, tokenizer) from source to dest."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for path in sorted(source.iterdir()):
+        if path.name.startswith("model.onnx") or path.name in GENAI_FILES:
+            shutil.copy2(path, dest / path.name)
+    missing = [name for name in ("model.onnx", *GENAI_FILES) if not (dest / name).is_file()]
+    if missing:
+        raise RuntimeError(f"the export in {source} lacks {', '.join(missing)}")
+
+
+def folder_size(folder: Path) -> int:
+    return sum(p.stat().st_size for p in Path(folder).rglob("*") if p.is_file())
+
+
+# --- parity -------------------------------------------------------------------------------------------
+
+@dataclass
+class Parity:
+    prompts: int
+    positions: int
+    max_abs_logit_diff: float
+    greedy_agreement: float
+
+    def failure(self, precision: str, max_abs_logit_diff: float, min_greedy_agreement: float) -> str | None:
+        """Why the export fails the check, or None. fp32 must match logits; others the greedy tokens."""
+        figures = (f"max |logit difference| {self.max_abs_logit_diff:.3g}, greedy next-token agreement "
+                   f"{self.greedy_agreement:.1%} over {self.positions} positions of {self.prompts} prompts")
+        if precision == "fp32" and self.max_abs_logit_diff > max_abs_logit_diff:
+            return f"fp32 export differs from PyTorch: {figures} (allowed: {max_abs_logit_diff:g})"
+        if precision != "fp32" and self.greedy_agreement < min_greedy_agreement:
+            return f"{precision} export disagrees with PyTorch: {figures} (required: {min_greedy_agreement:.1%})"
+        return None
+
+
+@torch.inference_mode()
+def check_parity(torch_model, onnx_model, prompts: list[list[int]], answers: list[list[int]]) -> Parity:
+    """Compare next-token logits of PyTorch and the ONNX model at every answer position (teacher-forced)."""
+    torch_model.eval()
+    max_diff, agree, positions = 0.0, 0, 0
+    for prompt, answer in zip(prompts, answers):
+        ids = torch.tensor([prompt + answer])
+        expected = torch_model(input_ids=ids).logits[0, len(prompt) - 1:-1].float().numpy()
+        actual = onnx_model.next_token_logits(prompt, answer)
+        if actual.shape != expected.shape:
+            raise RuntimeError(f"ONNX logits have shape {actual.shape}, PyTorch {expected.shape}: "
+                               "the export has a different vocabulary or LM head")
+        max_diff = max(max_diff, float(np.abs(actual - expected).max()))
+        agree += int((actual.argmax(-1) == expected.argmax(-1)).sum())
+        positions += len(answer)
+    return Parity(len(prompts), positions, max_diff, agree / positions if positions else 0.0)
+
+
+def parity_inputs(torch_model, tokenizer, chats: list[list[dict]], max_new_tokens: int):
+    """(prompt ids, PyTorch greedy answer ids) per chat: the positions the parity check compares."""
+    from slmops.generation import GenerationConfig, generate_answers
+
+    answers = generate_answers(torch_model, tokenizer, chats, GenerationConfig(max_new_tokens=max_new_tokens))
+    prompts = [tokenizer(tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=False),
+                         add_special_tokens=False)["input_ids"] for chat in chats]
+    return prompts, [a.token_ids for a in answers]
+
+
+def read_export_config(quantize: dict) -> ExportConfig:
+    fields = ("precision", "execution_provider", "block_size", "symmetric", "accuracy_level", "embeddings")
+    return ExportConfig(**{k: quantize[k] for k in fields})
+
+
+def require_local_model(folder: Path) -> None:
+    if not (folder / "config.json").is_file():
+        raise InputError(f"{folder}: no Hugging Face model here (config.json missing); run the finetune stage first")
+
+
+def write_workflow(path: Path, workflow: dict) -> None:
+    path.write_text(json.dumps(workflow, indent=2) + "\n")

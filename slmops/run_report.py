@@ -1,0 +1,65 @@
+"""reports/report.md: what this run measured, per variant, beside the claims the project started from."""
+
+from __future__ import annotations
+
+# The seed's headline claims: (retention key, claimed fraction, wording).
+CLAIMS = (
+    ("accuracy_kept", 0.92, "accuracy kept (shipped model / teacher exact match)"),
+    ("latency_saved", 0.85, "less inference time (p50 request latency against the teacher)"),
+    ("memory_saved", 0.95, "less memory (peak resident memory against the teacher)"),
+    ("size_saved_by_quantization", 0.75, "smaller after quantization (ONNX weights against the fine-tuned fp32 weights)"),
+)
+
+COLUMNS = (  # (header, key, format)
+    ("runtime", "runtime", "{}"), ("parameters", "parameters", "{:,}"), ("size MB", "size_mb", "{:.3f}"), ("weights MB", "weights_mb", "{:.3f}"),
+    ("exact match", "exact_match", "{:.1%}"), ("schema-valid", "schema_valid", "{:.1%}"),
+    ("JSON-valid", "json_valid", "{:.1%}"), ("p50 ms", "latency_p50_ms", "{:.1f}"),
+    ("p90 ms", "latency_p90_ms", "{:.1f}"), ("p95 ms", "latency_p95_ms", "{:.1f}"),
+    ("TTFT ms", "ttft_p50_ms", "{:.1f}"), ("decode tok/s", "decode_tokens_per_s", "{:,.0f}"),
+    ("peak RSS MB", "peak_rss_mb", "{:.0f}"),
+)
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
+            *("| " + " | ".join(row) + " |" for row in rows)]
+
+
+def render_variants(variants: dict[str, dict]) -> list[str]:
+    """The per-variant table: runtime, size, accuracy, latency, memory."""
+    return _table(["variant", *(c[0] for c in COLUMNS)],
+                  [[name, *(fmt.format(v[key]) for _, key, fmt in COLUMNS)] for name, v in variants.items()])
+
+
+def render(metrics: dict, quantize: dict, eval_count: int, revision: str) -> str:
+    variants = metrics["variants"]
+    lines = [
+        "# Evaluation report",
+        "",
+        f"Git revision `{revision}`; {eval_count} held-out eval records; the shipped model is the "
+        f"**{quantize['precision']}** ONNX export ({quantize['engine']} engine, {quantize['execution_provider']}) "
+        "run by onnxruntime-genai; the others run in PyTorch fp32. Latency: one request at a time, greedy.",
+        "",
+        "## Variants",
+        "",
+        *render_variants(variants),
+        "",
+        "## Per-field accuracy",
+        "",
+    ]
+    fields = list(next(iter(variants.values()))["field_accuracy"])
+    lines += _table(["variant", *fields],
+                    [[name, *(f"{v['field_accuracy'][f]:.1%}" for f in fields)] for name, v in variants.items()])
+    lines += ["", "## Claims against this run", ""]
+    lines += _table(["claim", "measured", "met"],
+                    [[f"{claimed:.0%} {wording}", f"{metrics[key]:.1%}", "yes" if metrics[key] >= claimed else "no"]
+                     for key, claimed, wording in CLAIMS])
+    lines += [
+        "",
+        f"The shipped model has {metrics['parameter_ratio']:.1%} of the teacher's parameters and is "
+        f"{metrics['size_saved']:.1%} smaller on disk than the teacher.",
+        "",
+        "Plots: `dvc plots show` (accuracy against size, latency quantiles per variant, training curves).",
+        "",
+    ]
+    return "\n".join(lines)

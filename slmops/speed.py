@@ -1,0 +1,121 @@
+"""Latency, time to first token, decode rate and peak memory of one model, one request at a time.
+
+Each variant is measured in a fresh child process (`python -m slmops.speed`) so that its peak resident
+memory is its own: a PyTorch variant pays for torch, an ONNX variant only for onnxruntime-genai.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass
+class Timing:
+    seconds: float
+    first_token_seconds: float
+    tokens: int
+
+
+def time_torch(model_dir: str, chats: list[list[dict]], max_new_tokens: int) -> list[Timing]:
+    import torch
+    from transformers.generation.streamers import BaseStreamer
+
+    from slmops.modeling import load_model_and_tokenizer
+
+    model, tokenizer = load_model_and_tokenizer(model_dir)
+
+    class FirstToken(BaseStreamer):
+        """generate() puts the prompt first, then each new token: the second put is the first token."""
+
+        def __init__(self):
+            self.puts, self.first = 0, None
+
+        def put(self, value):
+            self.puts += 1
+            if self.puts == 2:
+                self.first = time.perf_counter()
+
+        def end(self):
+            pass
+
+    timings = []
+    with torch.inference_mode():
+        for chat in chats:
+            prompt = tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=False)
+            batch = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
+            streamer = FirstToken()
+            start = time.perf_counter()
+            out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, streamer=streamer,
+                                 pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+            seconds = time.perf_counter() - start
+            tokens = out.shape[1] - batch["input_ids"].shape[1]
+            timings.append(Timing(seconds, (streamer.first or time.perf_counter()) - start, tokens))
+    return timings
+
+
+def time_onnx(model_dir: str, chats: list[list[dict]], max_new_tokens: int, execution_provider: str = "cpu") -> list[Timing]:
+    from slmops.ortgen import OnnxChatModel
+
+    model = OnnxChatModel(model_dir, execution_provider)
+    # +1: the end token, which generate() above counts too
+    return [Timing(a.seconds, a.first_token_seconds, a.tokens + 1)
+            for a in (model.answer(chat, max_new_tokens) for chat in chats)]
+
+
+def summarize(timings: list[Timing]) -> dict:
+    """Percentiles of request latency and time to first token (ms), and the decode rate (tokens/s after the first)."""
+    latency = np.array([t.seconds for t in timings]) * 1000
+    first = np.array([t.first_token_seconds for t in timings]) * 1000
+    decode_tokens = sum(max(t.tokens - 1, 0) for t in timings)
+    decode_seconds = sum(t.seconds - t.first_token_seconds for t in timings)
+    return {
+        "latency_p50_ms": float(np.percentile(latency, 50)),
+        "latency_p90_ms": float(np.percentile(latency, 90)),
+        "latency_p95_ms": float(np.percentile(latency, 95)),
+        "ttft_p50_ms": float(np.percentile(first, 50)),
+        "decode_tokens_per_s": decode_tokens / decode_seconds if decode_seconds > 0 else 0.0,
+        "requests": len(timings),
+    }
+
+
+def measure(kind: str, model_dir: str, chats: list[list[dict]], warmup: int, max_new_tokens: int,
+            execution_provider: str = "cpu") -> dict:
+    """Run in a child process: summary figures, each request's latency, and the child's peak RSS."""
+    payload = json.dumps({"kind": kind, "model_dir": model_dir, "chats": chats, "warmup": warmup,
+                          "max_new_tokens": max_new_tokens, "execution_provider": execution_provider})
+    result = subprocess.run([sys.executable, "-m", "slmops.speed"], input=payload, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"speed measurement of {model_dir} failed:\n{result.stderr[-3000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory. Not getrusage: Linux keeps ru_maxrss across exec, so a child
+    would report its parent's peak; VmHWM belongs to the current address space."""
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM in /proc/self/status (peak memory is measured on Linux only)")
+
+
+def _child() -> None:
+    job = json.loads(sys.stdin.read())
+    timer = time_torch if job["kind"] == "torch" else time_onnx
+    extra = {} if job["kind"] == "torch" else {"execution_provider": job["execution_provider"]}
+    timings = timer(job["model_dir"], job["chats"], job["max_new_tokens"], **extra)[job["warmup"]:]
+    figures = summarize(timings)
+    figures["peak_rss_mb"] = peak_rss_mb()
+    figures["latencies_ms"] = [t.seconds * 1000 for t in timings]
+    print(json.dumps(figures))
+
+
+if __name__ == "__main__":
+    argparse.ArgumentParser(description="Child process of slmops.speed.measure: a JSON job on stdin.").parse_args()
+    _child()

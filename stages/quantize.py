@@ -1,0 +1,76 @@
+"""Stage quantize: export the fine-tuned model to ONNX for onnxruntime-genai, quantized, parity-checked.
+
+    python -m stages.quantize      (dvc repro quantize)
+
+engine builder: the onnxruntime-genai model builder; engine olive: an Olive workflow, saved as
+models/onnx/olive_config.json (rerun it from the repository root with `olive run --config ...`).
+Writes models/onnx/ (genai_config.json, model.onnx[.data], tokenizer, quantize.json) and reports/quantize.json.
+A parity check against the PyTorch model on eval prompts must pass, or the stage fails and writes nothing.
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from slmops.errors import exits_2_on_input_error
+from slmops.export import (check_parity, folder_size, keep_genai_files, olive_workflow, parity_inputs,
+                           read_export_config, require_local_model, run_builder, run_olive, write_workflow)
+from slmops.io import atomic_dir, write_json
+from slmops.modeling import load_model_and_tokenizer
+from slmops.ortgen import OnnxChatModel
+from slmops.params import load_params
+from slmops.task import load_task, read_labelled
+
+FINETUNED = Path("models/finetuned")
+OUT = Path("models/onnx")
+METRICS = Path("reports/quantize.json")
+# The saved workflow names repository-relative paths, so `olive run` works from any clone's root.
+OLIVE_RERUN = {"model_dir": "models/finetuned", "out_dir": "olive-output", "cache_dir": ".olive-cache"}
+
+
+@exits_2_on_input_error
+def main() -> None:
+    params = load_params()
+    quantize = params["quantize"]
+    config = read_export_config(quantize)
+    require_local_model(FINETUNED)
+    task = load_task(params["task"]["dir"])
+    rows = read_labelled(params["data"]["eval"], task)[: quantize["parity"]["prompts"]]
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="quantize-") as scratch, atomic_dir(OUT) as out:
+        export = Path(scratch) / "export"
+        if quantize["engine"] == "builder":
+            run_builder(FINETUNED, export, config, Path(scratch))
+        else:
+            workflow = olive_workflow(str(FINETUNED.resolve()), str(export), str(Path(scratch) / "cache"), config)
+            write_workflow(Path(scratch) / "olive_config.json", workflow)
+            run_olive(Path(scratch) / "olive_config.json", export)
+            write_workflow(out / "olive_config.json", olive_workflow(**OLIVE_RERUN, config=config))
+        keep_genai_files(export, out)
+        export_seconds = time.perf_counter() - started
+
+        torch_model, tokenizer = load_model_and_tokenizer(FINETUNED)
+        prompts, answers = parity_inputs(torch_model, tokenizer, [task.messages(r["message"]) for r in rows],
+                                         params["evaluate"]["generation"]["max_new_tokens"])
+        parity = check_parity(torch_model, OnnxChatModel(out, config.execution_provider), prompts, answers)
+        print(f"parity: {parity}", file=sys.stderr)
+        failure = parity.failure(config.precision, quantize["parity"]["max_abs_logit_diff"],
+                                 quantize["parity"]["min_greedy_agreement"])
+        if failure:
+            raise SystemExit(f"quantize: parity check failed: {failure}")
+        record = {
+            "engine": quantize["engine"], "precision": config.precision,
+            "execution_provider": config.execution_provider,
+            "export_seconds": round(export_seconds, 2),
+            "size_bytes": folder_size(out),
+            "parity": vars(parity),
+        }
+        write_json(out / "quantize.json", record)
+    write_json(METRICS, record)
+
+
+if __name__ == "__main__":
+    main()

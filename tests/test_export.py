@@ -1,0 +1,176 @@
+"""Quantize: builder and Olive exports, int8, the parity check (and a broken export it must catch), the stage."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import onnx
+import pytest
+import torch
+import yaml
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from conftest import ROOT, TINY_LLAMA
+from slmops.export import (ExportConfig, Parity, builder_options, check_parity, olive_workflow, run_builder,
+                           run_olive, write_workflow)
+from slmops.ortgen import OnnxChatModel
+
+
+def prompt_and_answer(tokenizer):
+    prompt = tokenizer(tokenizer.apply_chat_template([{"role": "user", "content": "my order ORD-12 is late"}],
+                                                     add_generation_prompt=True, tokenize=False),
+                       add_special_tokens=False)["input_ids"]
+    return [prompt], [tokenizer("{\"intent\": \"late\"}", add_special_tokens=False)["input_ids"]]
+
+
+def test_fp32_export_matches_pytorch_logits(tiny_hf_dir, tiny_onnx, tokenizer):
+    model = LlamaForCausalLM.from_pretrained(tiny_hf_dir)
+    parity = check_parity(model, OnnxChatModel(tiny_onnx["fp32"]), *prompt_and_answer(tokenizer))
+    assert parity.max_abs_logit_diff < 1e-4
+    assert parity.greedy_agreement == 1.0
+    assert parity.failure("fp32", 1e-3, 0.9) is None
+
+
+def test_int4_export_is_smaller_and_keeps_greedy_tokens(tiny_hf_dir, tiny_onnx, tokenizer):
+    weights = {p: sum(f.stat().st_size for f in tiny_onnx[p].glob("model.onnx*")) for p in tiny_onnx}
+    assert weights["int4"] < weights["fp32"] / 2  # block scales weigh more at width 32 than in real models
+    model = LlamaForCausalLM.from_pretrained(tiny_hf_dir)
+    parity = check_parity(model, OnnxChatModel(tiny_onnx["int4"]), *prompt_and_answer(tokenizer))
+    assert parity.positions == len(prompt_and_answer(tokenizer)[1][0])
+    assert parity.max_abs_logit_diff > 0  # quantization changes logits
+    ops = {node.op_type for node in onnx.load(str(tiny_onnx["int4"] / "model.onnx")).graph.node}
+    assert {"MatMulNBits", "GatherBlockQuantized"} <= ops  # embeddings quantized too (quantize.embeddings)
+
+
+def test_int8_quantizes_matmuls_to_8_bits(tiny_hf_dir, tmp_path, tokenizer):
+    run_builder(tiny_hf_dir, tmp_path / "int8", ExportConfig(precision="int8", block_size=16), tmp_path)
+    nodes = [n for n in onnx.load(str(tmp_path / "int8/model.onnx")).graph.node if n.op_type == "MatMulNBits"]
+    assert nodes and all({a.name: a.i for a in n.attribute}["bits"] == 8 for n in nodes)
+    assert all({a.name: a.i for a in n.attribute}["block_size"] == 16 for n in nodes)
+    answer = OnnxChatModel(tmp_path / "int8").answer([{"role": "user", "content": "hello"}], 8)
+    assert answer.tokens <= 8
+
+
+def test_parity_check_catches_the_builders_lm_head_misdetection(tokenizer, tmp_path):
+    """An MLP as wide as the vocabulary: the builder takes it for the LM head and exports wrong logits."""
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tokenizer), **{**TINY_LLAMA, "intermediate_size": len(tokenizer)},
+                         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+    model = LlamaForCausalLM(config)
+    model.save_pretrained(tmp_path / "hf")
+    tokenizer.save_pretrained(tmp_path / "hf")
+    run_builder(tmp_path / "hf", tmp_path / "onnx", ExportConfig(precision="fp32"), tmp_path)
+    parity = check_parity(model, OnnxChatModel(tmp_path / "onnx"), *prompt_and_answer(tokenizer))
+    failure = parity.failure("fp32", 1e-3, 0.9)
+    assert failure is not None
+    assert "fp32 export differs from PyTorch" in failure and f"{parity.max_abs_logit_diff:.3g}" in failure
+
+
+def test_parity_failure_messages_name_the_figures():
+    parity = Parity(prompts=4, positions=100, max_abs_logit_diff=0.5, greedy_agreement=0.8)
+    assert "max |logit difference| 0.5" in parity.failure("fp32", 1e-3, 0.9)
+    assert parity.failure("fp32", 1.0, 0.99) is None  # fp32 is judged on logits only
+    message = parity.failure("int4", 1e-3, 0.9)
+    assert "int4 export disagrees" in message and "80.0%" in message and "100 positions of 4 prompts" in message
+    assert parity.failure("int4", 1e-3, 0.8) is None
+
+
+def test_builder_options_follow_params():
+    config = ExportConfig(precision="int4", block_size=64, symmetric=False, accuracy_level=2, embeddings=False)
+    assert builder_options(config, tied_embeddings=True) == {
+        "int4_block_size": "64", "int4_is_symmetric": "false", "int4_accuracy_level": "2"}
+    shared = builder_options(ExportConfig(precision="int4"), tied_embeddings=True)
+    assert shared["int4_op_types_to_quantize"] == "MatMul/Gather" and shared["shared_embeddings"] == "true"
+    assert builder_options(ExportConfig(precision="fp16"), tied_embeddings=True) == {}
+
+
+def test_olive_workflow_int8_keeps_the_logits_output(tiny_hf_dir):
+    workflow = olive_workflow(str(tiny_hf_dir), "/out", "/cache", ExportConfig(precision="int8", block_size=32))
+    assert workflow["passes"]["build"] == {"type": "ModelBuilder", "precision": "fp32"}
+    rtn = workflow["passes"]["int8"]
+    assert rtn["type"] == "OnnxBlockWiseRtnQuantization" and rtn["bits"] == 8
+    assert rtn["nodes_to_exclude"] == ["/lm_head/MatMul"]
+    assert workflow["output_dir"] == "/out" and workflow["input_model"]["model_path"] == str(tiny_hf_dir)
+
+
+def test_olive_engine_exports_a_model_genai_runs(tiny_hf_dir, tmp_path):
+    out = tmp_path / "olive-out"
+    workflow = olive_workflow(str(tiny_hf_dir), str(out), str(tmp_path / "cache"), ExportConfig(precision="int4"))
+    write_workflow(tmp_path / "olive.json", workflow)
+    run_olive(tmp_path / "olive.json", out)
+    answer = OnnxChatModel(out).answer([{"role": "user", "content": "hello"}], 8)
+    assert answer.tokens <= 8 and answer.seconds > 0
+
+
+def test_olive_run_that_writes_no_model_is_an_error(tmp_path):
+    workflow = {"input_model": {"type": "HfModel", "model_path": str(tmp_path / "nothing-here")},
+                "passes": {}, "output_dir": str(tmp_path / "out"), "cache_dir": str(tmp_path / "cache")}
+    write_workflow(tmp_path / "bad.json", workflow)
+    with pytest.raises(RuntimeError, match="olive run"):
+        run_olive(tmp_path / "bad.json", tmp_path / "out")
+
+
+# --- the stage ----------------------------------------------------------------------------------------
+
+def run_stage(cwd, stage="quantize"):
+    env = {"PYTHONPATH": str(ROOT), "PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin"}
+    return subprocess.run([sys.executable, "-m", f"stages.{stage}"], cwd=cwd, capture_output=True, text=True, env=env)
+
+
+def set_params(project, **changes):
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    for dotted, value in changes.items():
+        *path, key = dotted.split("__")
+        target = params
+        for part in path:
+            target = target[part]
+        target[key] = value
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+@pytest.fixture()
+def quantize_project(project, tiny_hf_dir):
+    import shutil
+
+    shutil.copytree(tiny_hf_dir, project / "models/finetuned")
+    set_params(project, quantize__parity__prompts=2, evaluate__generation__max_new_tokens=8)
+    return project
+
+
+def test_quantize_stage_writes_a_checked_export(quantize_project):
+    set_params(quantize_project, quantize__precision="fp32")
+    result = run_stage(quantize_project)
+    assert result.returncode == 0, result.stderr[-2000:]
+    record = json.loads((quantize_project / "reports/quantize.json").read_text())
+    assert record["precision"] == "fp32" and record["parity"]["max_abs_logit_diff"] < 1e-3
+    assert record["parity"]["prompts"] == 2
+    for name in ("model.onnx", "genai_config.json", "tokenizer.json", "chat_template.jinja", "quantize.json"):
+        assert (quantize_project / "models/onnx" / name).is_file(), name
+
+
+def test_quantize_stage_fails_on_parity_and_writes_nothing(quantize_project):
+    set_params(quantize_project, quantize__precision="fp32", quantize__parity__max_abs_logit_diff=1e-12)
+    result = run_stage(quantize_project)
+    assert result.returncode != 0
+    assert "parity check failed: fp32 export differs from PyTorch: max |logit difference|" in result.stderr
+    assert not (quantize_project / "models/onnx").exists()
+    assert not (quantize_project / "reports/quantize.json").exists()
+
+
+@pytest.mark.parametrize("key, value, expected", [
+    ("quantize__precision", "int3", "quantize.precision"),
+    ("quantize__engine", "tensorrt", "quantize.engine"),
+    ("quantize__block_size", 48, "quantize.block_size"),
+    ("quantize__parity__min_greedy_agreement", 1.5, "quantize.parity.min_greedy_agreement"),
+])
+def test_quantize_stage_rejects_bad_params(quantize_project, key, value, expected):
+    set_params(quantize_project, **{key: value})
+    result = run_stage(quantize_project)
+    assert result.returncode == 2 and expected in result.stderr
+    assert not (quantize_project / "models/onnx").exists()
+
+
+def test_quantize_stage_without_a_finetuned_model(project):
+    result = run_stage(project)
+    assert result.returncode == 2 and "models/finetuned" in result.stderr and "finetune stage" in result.stderr
