@@ -67,8 +67,8 @@ def cmd_package_verify(args) -> int:
     messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": args.message}]
     result = verify(args.dir, messages, args.max_output_tokens)
     print(f"{args.dir}: {result.files} files match the manifest")
-    print(f"onnxruntime-genai: {result.genai_answer}")
-    print(f"Foundry Local ({result.foundry_finish_reason}): {result.foundry_answer}")
+    print(f"onnxruntime-genai: {result.genai_answer!r}")
+    print(f"Foundry Local ({result.foundry_finish_reason}): {result.foundry_answer!r}")
     return 0
 
 

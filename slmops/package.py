@@ -98,8 +98,10 @@ class Verification:
     foundry_finish_reason: str
 
 
-def foundry_local_chat(folder: Path, model_id: str, messages: list[dict], max_output_tokens: int) -> tuple[str, str]:
-    """Register the folder in a throw-away Foundry Local cache, load it, answer one chat; (text, finish reason).
+def foundry_local_chat(folder: Path, model_id: str, messages: list[dict], max_output_tokens: int) -> tuple[str, str, int]:
+    """Register the folder in a throw-away Foundry Local cache, load it, answer one chat.
+
+    Returns (text, finish reason, completion tokens).
 
     Foundry Local's manager is a process-wide singleton: call this once per process.
     """
@@ -126,9 +128,9 @@ def foundry_local_chat(folder: Path, model_id: str, messages: list[dict], max_ou
                     request.add_item(factories[message["role"]](message["content"]))
                 with request, session.process_request(request) as response:
                     texts = [item.get_simple_text() for item in response if isinstance(item, MessageItem)]
-                    finish = response.finish_reason.name
+                    finish, tokens = response.finish_reason.name, response.get_usage().completion_tokens
             model.unload()
-            return "".join(texts).strip(), finish
+            return "".join(texts).strip(), finish, tokens
         finally:
             manager.close()
 
@@ -141,11 +143,12 @@ def verify(folder: str | Path, messages: list[dict], max_output_tokens: int) -> 
     manifest = check_manifest(folder)
     name = json.loads((folder / "inference_model.json").read_text())["Name"]
     genai = OnnxChatModel(folder).answer(messages, max_output_tokens)
-    if not genai.text:
-        raise RuntimeError(f"{folder}: onnxruntime-genai loaded the model but it answered nothing")
-    text, finish = foundry_local_chat(folder, f"{name}:{manifest['version']}", messages, max_output_tokens)
-    if finish == "ERROR" or not text:
-        raise RuntimeError(f"{folder}: Foundry Local loaded the model but answered {text!r} (finish reason {finish})")
+    if genai.tokens == 0:
+        raise RuntimeError(f"{folder}: onnxruntime-genai loaded the model but it ended its answer at once")
+    text, finish, tokens = foundry_local_chat(folder, f"{name}:{manifest['version']}", messages, max_output_tokens)
+    if finish == "ERROR" or tokens == 0:
+        raise RuntimeError(f"{folder}: Foundry Local loaded the model but generated {tokens} tokens "
+                           f"(finish reason {finish}, text {text!r})")
     return Verification(len(manifest["files"]), genai.text, text, finish)
 
 
