@@ -3,7 +3,7 @@ PYTHON ?= python3.11
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: pipeline test
+.PHONY: install pipeline test bench azurite
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -11,8 +11,21 @@ $(STAMP): pyproject.toml
 	$(VENV)/bin/pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
+install: $(STAMP)
+
 pipeline: $(STAMP)
 	. $(VENV)/bin/activate && dvc repro
 
-test: $(STAMP)
+test: $(STAMP) azurite
 	. $(VENV)/bin/activate && pytest
+
+# Benchmarks of the default pipeline's models (builds them first if needed).
+bench: $(STAMP)
+	. $(VENV)/bin/activate && dvc repro && pytest tests/benchmarks --benchmark-only -s
+
+# Azurite (an Azure Blob service on loopback) for the DVC remote test; npm is the only way to get it.
+AZURITE := tools/azurite/node_modules/.bin/azurite-blob
+azurite: $(AZURITE)
+$(AZURITE): tools/azurite/package-lock.json
+	npm ci --no-audit --no-fund --prefix tools/azurite
+	touch $(AZURITE)

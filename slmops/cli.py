@@ -5,6 +5,7 @@
     slmops make-data [--out data]               regenerate the embedded task data (deterministic)
     slmops package verify DIR                   re-hash, run in onnxruntime-genai and in Foundry Local
     slmops chat DIR [MESSAGE]                   ask a packaged (or exported) model; no MESSAGE: interactive
+    slmops report --base REV [--head REV]       Markdown diff of metrics and params, with gates (exit 1: a gate failed)
 """
 
 from __future__ import annotations
@@ -115,6 +116,34 @@ def cmd_make_data(args) -> int:
     return 0
 
 
+def cmd_report(args) -> int:
+    from pathlib import Path
+
+    from slmops.params import validate
+    from slmops.pr_report import check_gates, compare, changed_params, plot_pngs, read_revision, render
+
+    head_rev = None if args.head == "workspace" else args.head
+    base_metrics, base_params, base_plots = read_revision(args.base)
+    head_metrics, head_params, head_plots = read_revision(head_rev)
+    problems = validate(head_params, source=f"params.yaml at {args.head}", check_paths=False)
+    if problems:
+        raise InputError("\n".join(problems))
+    rows = compare(base_metrics, head_metrics)
+    gates = check_gates(rows, head_params.get("gates") or {})
+    out = Path(args.out)
+    plots = plot_pngs(base_plots, head_plots, out.parent / args.plots_dir)
+    markdown = render(args.base, args.head, rows, changed_params(base_params, head_params), gates,
+                      {title: f"{args.plots_dir}/{name}" for title, name in plots.items()})
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(markdown)
+    print(markdown)
+    failed = [g.metric for g in gates if g.status == "fail"]
+    if failed:
+        print(f"slmops report: gate(s) failed: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="slmops", description="SLMOps pipeline tools")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -144,6 +173,12 @@ def main(argv: list[str] | None = None) -> int:
     chat.add_argument("--history", action="store_true",
                       help="keep the conversation (default: each message on its own, as a one-task model expects)")
     chat.set_defaults(run=cmd_chat)
+    report = sub.add_parser("report", help="Markdown report of metrics and params, base against head, with gates")
+    report.add_argument("--base", required=True, help="git revision to compare against (a branch, tag or commit)")
+    report.add_argument("--head", default="workspace", help="git revision, or 'workspace' (default)")
+    report.add_argument("--out", default="reports/pr/report.md", help="Markdown file to write")
+    report.add_argument("--plots-dir", default="plots", help="folder for the PNG plots, beside --out")
+    report.set_defaults(run=cmd_report)
     args = parser.parse_args(argv)
     try:
         return args.run(args)

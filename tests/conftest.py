@@ -66,3 +66,42 @@ def tiny_onnx(tiny_hf_dir, tmp_path_factory):
         folders[precision] = root / precision
         run_builder(tiny_hf_dir, folders[precision], ExportConfig(precision=precision), root)
     return folders
+
+
+AZURITE = ROOT / "tools/azurite/node_modules/.bin/azurite-blob"
+# Azurite's well-known development account (public, documented by Microsoft; not a secret).
+AZURITE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+
+
+@pytest.fixture()
+def azurite(tmp_path):
+    """An Azure Blob service (Azurite) on 127.0.0.1 with an empty container `dvc`; yields its connection string."""
+    import socket
+    import subprocess
+    import time
+
+    from azure.storage.blob import BlobServiceClient
+
+    assert AZURITE.is_file(), f"{AZURITE} missing: `make azurite` (or `make test`) installs it with npm"
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen([str(AZURITE), "--blobHost", "127.0.0.1", "--blobPort", str(port),
+                               "--location", str(tmp_path / "azurite"), "--skipApiVersionCheck", "--loose", "--silent"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    connection = (f"DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey={AZURITE_KEY};"
+                  f"BlobEndpoint=http://127.0.0.1:{port}/devstoreaccount1;")
+    try:
+        deadline = time.time() + 30
+        while True:
+            try:
+                BlobServiceClient.from_connection_string(connection).create_container("dvc")
+                break
+            except Exception:
+                if time.time() > deadline or server.poll() is not None:
+                    raise
+                time.sleep(0.3)
+        yield connection
+    finally:
+        server.terminate()
+        server.wait(timeout=10)

@@ -39,6 +39,9 @@ def small_params(params):
     params["finetune"]["lora"]["r"] = 4
     params["synthesize"]["generation"]["max_new_tokens"] = 120  # a small vocabulary spells answers in more tokens
     params["evaluate"]["generation"]["max_new_tokens"] = 120
+    params["evaluate"]["speed"].update(warmup=1, repeats=5)
+    params["quantize"]["parity"]["prompts"] = 4
+    params["package"]["name"] = "tiny-triage"
     return params
 
 
@@ -71,7 +74,17 @@ def read_json(path):
 
 
 def without_timing(metrics):
-    return {k: v for k, v in metrics.items() if k != "timing"}
+    return {k: v for k, v in metrics.items() if k not in ("timing", "export_seconds")}
+
+
+SPEED = ("latency", "ttft", "decode", "peak_rss", "requests", "memory_saved")
+
+
+def accuracy_only(metrics):
+    """Metrics without the wall-clock and memory figures, which vary from run to run."""
+    if isinstance(metrics, dict):
+        return {k: accuracy_only(v) for k, v in metrics.items() if not k.startswith(SPEED)}
+    return metrics
 
 
 def test_pipeline_writes_every_artifact(repo):
@@ -88,13 +101,25 @@ def test_pipeline_writes_every_artifact(repo):
         assert (repo / folder / "model.safetensors").is_file() and (repo / folder / "tokenizer.json").is_file()
     assert (repo / "models/adapter/adapter_config.json").is_file()
     assert read_json(repo / "models/adapter/finetune.json")["method"] == "lora"
+    assert read_json(repo / "models/onnx/quantize.json")["precision"] == "int4"
     metrics = read_json(repo / "reports/metrics.json")
-    assert set(metrics) == {"teacher", "student", "finetuned", "retention"}
-    assert metrics["finetuned"]["n"] == 40
-    assert metrics["retention"]["parameter_ratio"] == metrics["finetuned"]["parameters"] / metrics["teacher"]["parameters"]
+    variants = metrics["variants"]
+    assert set(variants) == {"teacher", "student", "finetuned", "quantized"}
+    assert all(v["n"] == 40 and v["requests"] == 5 for v in variants.values())
+    assert metrics["exact_match"] == variants["quantized"]["exact_match"]
+    assert metrics["parameter_ratio"] == variants["finetuned"]["parameters"] / variants["teacher"]["parameters"]
+    assert metrics["size_saved_by_quantization"] > 0.5
     for stage in ("teacher", "distill", "finetune"):
         assert (repo / f"reports/train/{stage}/plots/metrics/train/loss.tsv").is_file()
-    assert len((repo / "reports/predictions/finetuned.jsonl").read_text().splitlines()) == 40
+    for name in variants:
+        assert len((repo / f"reports/predictions/{name}.jsonl").read_text().splitlines()) == 40
+        assert len(read_json(repo / f"reports/plots/latency/{name}.json")) == 5
+    assert "## Claims against this run" in (repo / "reports/report.md").read_text()
+    package = repo / "models/foundry/tiny-triage"
+    assert read_json(package / "inference_model.json")["Name"] == "tiny-triage"
+    assert {f["path"] for f in read_json(package / "manifest.json")["files"]} >= {
+        "README.md", "genai_config.json", "model.onnx", "tokenizer.json", "chat_template.jinja", "task.json"}
+    assert read_json(repo / "reports/package.json")["verified"] is True
 
 
 def test_second_repro_does_nothing(repo):
@@ -104,11 +129,23 @@ def test_second_repro_does_nothing(repo):
     assert (repo / "models/teacher/model.safetensors").stat().st_mtime_ns == before
 
 
+def model_file_hashes(repo):
+    manifest = read_json(repo / "models/foundry/tiny-triage/manifest.json")
+    return {f["path"]: f["sha256"] for f in manifest["files"] if f["path"] != "README.md"}
+
+
 def test_same_seed_same_metrics(repo):
-    first = {name: read_json(repo / f"reports/{name}.json") for name in ("teacher", "synthesize", "distill", "finetune", "metrics")}
+    names = ("teacher", "synthesize", "distill", "finetune", "quantize", "metrics", "package")
+    first = {name: read_json(repo / f"reports/{name}.json") for name in names}
+    first_weights = model_file_hashes(repo)
     run(["dvc", "repro", "--force"], repo)
     second = {name: read_json(repo / f"reports/{name}.json") for name in first}
-    assert without_timing(second.pop("synthesize")) == without_timing(first.pop("synthesize"))
+    assert model_file_hashes(repo) == first_weights
+    for name in ("synthesize", "quantize"):
+        assert without_timing(second.pop(name)) == without_timing(first.pop(name))
+    # the model card in the package quotes latencies, so the package's byte count may differ
+    assert {**second.pop("package"), "bytes": 0} == {**first.pop("package"), "bytes": 0}
+    assert accuracy_only(second.pop("metrics")) == accuracy_only(first.pop("metrics"))
     assert second == first
 
 
@@ -139,14 +176,51 @@ def test_changing_lora_rank_reruns_finetune_and_what_follows_only(repo):
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     status = run(["dvc", "status", "--json"], repo).stdout
     changed = json.loads(status)
-    assert set(changed) == {"finetune"}, changed
+    assert set(changed) == {"finetune", "package"}, changed  # the package's model card quotes the params
     assert {"changed params": {"params.yaml": {"finetune.lora.r": "modified"}}} in changed["finetune"] or \
         any("params.yaml" in json.dumps(entry) for entry in changed["finetune"])
     mtimes = {p: (repo / p / "model.safetensors").stat().st_mtime_ns for p in ("models/teacher", "models/student", "models/finetuned")}
     result = run(["dvc", "repro"], repo)
-    assert "Running stage 'finetune'" in result.stdout and "Running stage 'evaluate'" in result.stdout
+    for stage in ("finetune", "quantize", "evaluate", "package"):
+        assert f"Running stage '{stage}'" in result.stdout
     for stage in ("teacher", "synthesize", "distill"):
         assert f"Running stage '{stage}'" not in result.stdout
     assert (repo / "models/teacher/model.safetensors").stat().st_mtime_ns == mtimes["models/teacher"]
     assert (repo / "models/student/model.safetensors").stat().st_mtime_ns == mtimes["models/student"]
     assert (repo / "models/finetuned/model.safetensors").stat().st_mtime_ns != mtimes["models/finetuned"]
+
+
+def test_changing_precision_reruns_quantize_evaluate_and_package_only(repo):
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["quantize"]["precision"] = "fp32"
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    assert set(json.loads(run(["dvc", "status", "--json"], repo).stdout)) == {"quantize", "evaluate", "package"}
+    result = run(["dvc", "repro"], repo)
+    for stage in ("quantize", "evaluate", "package"):
+        assert f"Running stage '{stage}'" in result.stdout
+    for stage in ("teacher", "synthesize", "distill", "finetune"):
+        assert f"Running stage '{stage}'" not in result.stdout
+    assert read_json(repo / "reports/quantize.json")["parity"]["max_abs_logit_diff"] < 1e-3
+    assert read_json(repo / "reports/metrics.json")["variants"]["quantized"]["runtime"] == "onnxruntime-genai fp32"
+    assert "Data and pipelines are up to date" in run(["dvc", "repro"], repo).stdout
+
+
+def test_push_to_azure_blob_then_a_fresh_clone_pulls_without_rerunning(repo, azurite, tmp_path):
+    run(["dvc", "remote", "add", "-d", "blob", "azure://dvc/pipeline"], repo)
+    run(["dvc", "remote", "modify", "--local", "blob", "connection_string", azurite], repo)
+    run(["git", "add", "-A"], repo)
+    run(["git", "commit", "-qm", "pipeline outputs and the remote"], repo)
+    pushed = run(["dvc", "push"], repo)
+    assert "pushed" in pushed.stdout
+    assert azurite not in (repo / ".dvc/config").read_text()  # the credential stays in config.local, out of git
+
+    clone = tmp_path / "clone"
+    run(["git", "clone", "-q", str(repo), str(clone)], tmp_path)
+    run(["dvc", "remote", "modify", "--local", "blob", "connection_string", azurite], clone)
+    run(["dvc", "pull"], clone)
+    assert "Data and pipelines are up to date" in run(["dvc", "status"], clone).stdout
+    result = run(["dvc", "repro"], clone)
+    assert "Running stage" not in result.stdout and "Data and pipelines are up to date" in result.stdout
+    assert hash_weights(clone / "models/teacher") == hash_weights(repo / "models/teacher")
+    assert (clone / "models/foundry/tiny-triage/manifest.json").read_bytes() == \
+        (repo / "models/foundry/tiny-triage/manifest.json").read_bytes()

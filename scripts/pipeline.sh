@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# What CI does with the pipeline, runnable the same way on a laptop:
+#
+#   scripts/pipeline.sh pr BASE_REF    pull what the remote has, reproduce, push, report against BASE_REF,
+#                                      create or update the one pull-request comment; exit 1 if a gate fails
+#   scripts/pipeline.sh main           pull, reproduce, push the DVC cache
+#
+# Optional environment: DVC remote credentials (AZURE_STORAGE_CONNECTION_STRING, or AZURE_STORAGE_ACCOUNT with
+# AZURE_STORAGE_KEY / an Azure identity): without them nothing is pushed. GH_TOKEN, GITHUB_REPOSITORY and
+# PR_NUMBER: without them the report is written to reports/pr/report.md and not posted.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+mode="${1:?usage: scripts/pipeline.sh pr BASE_REF | main}"
+make install
+# shellcheck disable=SC1091
+. .venv/bin/activate
+
+has_remote() { [ -n "$(dvc remote list)" ]; }
+has_credentials() { [ -n "${AZURE_STORAGE_CONNECTION_STRING:-}${AZURE_STORAGE_KEY:-}${AZURE_CLIENT_ID:-}" ]; }
+
+if has_remote && has_credentials; then
+  # What the remote lacks (a new stage, a changed param) is rebuilt by dvc repro below.
+  dvc pull --allow-missing || echo "dvc pull: some outputs are not on the remote yet; they will be rebuilt"
+fi
+dvc repro
+if has_remote && has_credentials; then
+  dvc push
+else
+  echo "no DVC remote or no credentials: not pushing the cache"
+fi
+
+if [ "$mode" = main ]; then
+  exit 0
+fi
+
+base="${2:?usage: scripts/pipeline.sh pr BASE_REF}"
+git fetch --quiet origin "$base" 2>/dev/null || true
+base_rev="origin/$base"
+git rev-parse --verify --quiet "$base_rev" >/dev/null || base_rev="$base"
+status=0
+slmops report --base "$base_rev" --out reports/pr/report.md > /dev/null || status=$?
+if [ "$status" -gt 1 ]; then
+  exit "$status"  # not a gate: the report itself failed
+fi
+
+if [ -n "${GH_TOKEN:-}" ] && [ -n "${PR_NUMBER:-}" ] && [ -n "${GITHUB_REPOSITORY:-}" ]; then
+  comments="repos/$GITHUB_REPOSITORY/issues/$PR_NUMBER/comments"
+  marker="<!-- slmops-report -->"
+  existing="$(gh api --paginate "$comments" \
+    --jq ".[] | select(.body | startswith(\"$marker\")) | .id" | head -n 1)"
+  if [ -n "$existing" ]; then
+    gh api --method PATCH "repos/$GITHUB_REPOSITORY/issues/comments/$existing" -F body=@reports/pr/report.md > /dev/null
+    echo "updated comment $existing"
+  else
+    gh api --method POST "$comments" -F body=@reports/pr/report.md > /dev/null
+    echo "created the report comment"
+  fi
+else
+  echo "GH_TOKEN, GITHUB_REPOSITORY or PR_NUMBER not set: report left in reports/pr/report.md"
+fi
+exit "$status"

@@ -1,0 +1,71 @@
+"""The GitHub workflows: valid against GitHub's schema, no zizmor finding of medium severity or above,
+least privilege, pinned actions; and the pipeline script they call."""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import ROOT
+
+WORKFLOWS = sorted((ROOT / ".github/workflows").glob("*.yml"))
+BIN = Path(sys.executable).parent
+
+
+def tool(name, *args):
+    return subprocess.run([str(BIN / name), *map(str, args)], capture_output=True, text=True)
+
+
+def test_workflows_match_githubs_schema():
+    result = tool("check-jsonschema", "--builtin-schema", "vendor.github-workflows", *WORKFLOWS)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_zizmor_finds_nothing_of_medium_severity_or_above():
+    result = tool("zizmor", "--offline", "--min-severity", "medium", ROOT / ".github/workflows")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_zizmor_would_catch_a_template_injection(tmp_path):
+    """The check above can fail: the same command on a workflow that injects a pull-request title."""
+    bad = tmp_path / ".github/workflows/bad.yml"
+    bad.parent.mkdir(parents=True)
+    bad.write_text("on: pull_request\npermissions: {}\njobs:\n  x:\n    runs-on: ubuntu-latest\n    steps:\n"
+                   "      - run: echo \"${{ github.event.pull_request.title }}\"\n")
+    result = tool("zizmor", "--offline", "--min-severity", "medium", bad.parent)
+    assert result.returncode != 0 and "template-injection" in result.stdout
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
+def test_least_privilege_and_pinned_actions(path):
+    text = path.read_text()
+    workflow = yaml.safe_load(text)
+    triggers = workflow[True]  # PyYAML reads the key `on` as True
+    assert "pull_request_target" not in triggers
+    assert "permissions" in workflow
+    assert workflow["concurrency"]["cancel-in-progress"] is True
+    for uses in re.findall(r"uses:\s*(\S+)", text):
+        assert re.fullmatch(r"[\w.-]+/[\w.-]+@[0-9a-f]{40}", uses), f"{uses} is not pinned to a commit"
+    for step in (s for job in workflow["jobs"].values() for s in job["steps"] if "actions/checkout" in s.get("uses", "")):
+        assert step["with"]["persist-credentials"] is False
+
+
+def test_pipeline_workflow_runner_comes_from_a_variable_and_secrets_skip_forks():
+    workflow = yaml.safe_load((ROOT / ".github/workflows/pipeline.yml").read_text())
+    jobs = workflow["jobs"]
+    assert all(job["runs-on"] == "${{ vars.PIPELINE_RUNNER || 'ubuntu-latest' }}" for job in jobs.values())
+    assert jobs["pull-request"]["permissions"] == {"contents": "read", "pull-requests": "write"}
+    assert jobs["main"]["permissions"] == {"contents": "read"}
+    secret = next(s for s in jobs["pull-request"]["steps"] if "env" in s)["env"]["AZURE_STORAGE_CONNECTION_STRING"]
+    assert "github.event.pull_request.head.repo.full_name == github.repository" in secret
+    run_steps = [s["run"] for job in jobs.values() for s in job["steps"] if "run" in s]
+    assert run_steps == ['scripts/pipeline.sh pr "$BASE_REF"', "scripts/pipeline.sh main"]
+
+
+def test_pipeline_script_is_valid_bash_and_needs_a_mode():
+    assert subprocess.run(["bash", "-n", ROOT / "scripts/pipeline.sh"]).returncode == 0
+    result = subprocess.run(["bash", ROOT / "scripts/pipeline.sh"], capture_output=True, text=True)
+    assert result.returncode != 0 and "usage: scripts/pipeline.sh pr BASE_REF | main" in result.stderr
