@@ -111,6 +111,7 @@ def check_gates(rows: list[Row], gates: dict) -> list[GateResult]:
 
 def _signed(value: float, fmt: str) -> str:
     """A change with its sign; a change of a rate in points (0.03 -> +3.0 pt), not percent."""
+    value += 0.0  # -0.0 -> 0.0
     if fmt.endswith("%}"):
         return f"{value * 100:+.1f} pt"
     return ("+" if value >= 0 else "-") + fmt.format(abs(value))
@@ -194,18 +195,18 @@ def plot_pngs(base: dict, head: dict, out_dir: Path) -> dict[str, str]:
 
     out_dir.mkdir(parents=True, exist_ok=True)
     written = {}
+    colors = {variant: f"C{i}" for i, variant in enumerate(VARIANTS)}
     if base.get("accuracy_size") or head.get("accuracy_size"):
         fig, ax = plt.subplots(figsize=(6, 4))
-        for label, data, marker in (("base", base.get("accuracy_size"), "o"), ("head", head.get("accuracy_size"), "s")):
+        for label, data, filled in (("base", base.get("accuracy_size"), False), ("head", head.get("accuracy_size"), True)):
             for point in data or []:
-                ax.scatter(point["size_mb"], point["exact_match"], marker=marker,
-                           facecolors="none" if label == "base" else None, label=f"{label}")
-                ax.annotate(point["variant"], (point["size_mb"], point["exact_match"]), fontsize=7)
-        ax.set_xscale("log")
-        ax.set(xlabel="size on disk (MB, log)", ylabel="exact match", title="Accuracy against size")
-        handles, labels = ax.get_legend_handles_labels()
-        unique = dict(zip(labels, handles))  # one legend entry per revision, not per point
-        ax.legend(unique.values(), unique.keys())
+                color = colors.get(point["variant"], "black")
+                ax.scatter(point["size_mb"], point["exact_match"], s=60, marker="o" if filled else "s",
+                           color=color if filled else "none", edgecolors=color, linewidths=1.5)
+                ax.annotate(f"{point['variant']} ({label})", (point["size_mb"], point["exact_match"]),
+                            textcoords="offset points", xytext=(6, 4 if filled else -10), fontsize=7)
+        ax.set(xlabel="size on disk (MB)", ylabel="exact match",
+               title="Accuracy against size (hollow: base, filled: head)")
         fig.tight_layout()
         fig.savefig(out_dir / "accuracy_size.png", dpi=100)
         plt.close(fig)
@@ -215,10 +216,11 @@ def plot_pngs(base: dict, head: dict, out_dir: Path) -> dict[str, str]:
         for label, data, style in (("base", base.get("latency") or {}, "--"), ("head", head.get("latency") or {}, "-")):
             for variant, points in data.items():
                 ax.plot([p["quantile"] for p in points], [p["latency_ms"] for p in points], style,
-                        label=f"{variant} ({label})")
+                        color=colors.get(variant, "black"), label=f"{variant} ({label})")
         ax.set_yscale("log")
-        ax.set(xlabel="quantile", ylabel="request latency (ms, log)", title="Latency distribution")
-        ax.legend(fontsize=7)
+        ax.set(xlabel="quantile", ylabel="request latency (ms, log)",
+               title="Latency distribution (dashed: base, solid: head)")
+        ax.legend(fontsize=7, ncol=2)
         fig.tight_layout()
         fig.savefig(out_dir / "latency.png", dpi=100)
         plt.close(fig)
