@@ -6,6 +6,7 @@
     slmops package verify DIR                   re-hash, run in onnxruntime-genai and in Foundry Local
     slmops chat DIR [MESSAGE]                   ask a packaged (or exported) model; no MESSAGE: interactive
     slmops report --base REV [--head REV]       Markdown diff of metrics and params, with gates (exit 1: a gate failed)
+    slmops serve DIR [--host H] [--port P]      OpenAI-compatible HTTP server over a packaged model
 """
 
 from __future__ import annotations
@@ -144,6 +145,13 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_serve(args) -> int:
+    from slmops.serve import serve
+
+    serve(args.dir, args.host, args.port, args.max_body_bytes)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="slmops", description="SLMOps pipeline tools")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -179,6 +187,12 @@ def main(argv: list[str] | None = None) -> int:
     report.add_argument("--out", default="reports/pr/report.md", help="Markdown file to write")
     report.add_argument("--plots-dir", default="plots", help="folder for the PNG plots, beside --out")
     report.set_defaults(run=cmd_report)
+    server = sub.add_parser("serve", help="OpenAI-compatible HTTP server over a packaged model")
+    server.add_argument("dir")
+    server.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
+    server.add_argument("--port", type=int, default=8000, help="port (0: any free port)")
+    server.add_argument("--max-body-bytes", type=int, default=1 << 20, help="largest request body accepted")
+    server.set_defaults(run=cmd_serve)
     args = parser.parse_args(argv)
     try:
         return args.run(args)

@@ -45,11 +45,13 @@ class OnnxChatModel:
         prompt = self.tokenizer.apply_chat_template(json.dumps(messages), add_generation_prompt=True)
         return self.tokenizer.encode(prompt)
 
-    def stream(self, messages: list[dict], max_new_tokens: int) -> Iterator[str]:
-        """Greedy answer, one decoded piece per generated token."""
-        prompt = self.prompt_tokens(messages)
+    def stream(self, messages: list[dict], max_new_tokens: int, temperature: float = 0.0, top_p: float = 1.0,
+               prompt: np.ndarray | None = None) -> Iterator[str]:
+        """The answer, one decoded piece per generated token: greedy, or sampled when temperature > 0."""
+        prompt = self.prompt_tokens(messages) if prompt is None else prompt
         params = og.GeneratorParams(self.model)
-        params.set_search_options(do_sample=False, max_length=min(len(prompt) + max_new_tokens, self.context_length))
+        sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if temperature > 0 else {"do_sample": False}
+        params.set_search_options(max_length=min(len(prompt) + max_new_tokens, self.context_length), **sampling)
         generator = og.Generator(self.model, params)
         generator.append_tokens(prompt)
         decoder = self.tokenizer.create_stream()

@@ -224,3 +224,41 @@ def test_push_to_azure_blob_then_a_fresh_clone_pulls_without_rerunning(repo, azu
     assert hash_weights(clone / "models/teacher") == hash_weights(repo / "models/teacher")
     assert (clone / "models/foundry/tiny-triage/manifest.json").read_bytes() == \
         (repo / "models/foundry/tiny-triage/manifest.json").read_bytes()
+
+
+def set_precision(repo, precision):
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["quantize"]["precision"] = precision
+    params["gates"] = {"weights_mb": {"max_regression_pct": 0}, "schema_valid": {"max_regression": 1.0}}
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    run(["dvc", "repro"], repo)
+
+
+def report(repo, *args):
+    return run([sys.executable, "-m", "slmops.cli", "report", *args], repo, check=False)
+
+
+def test_report_on_real_pipeline_commits(repo):
+    """A committed fp32 run against the first commit (no outputs yet: every metric is new); then an int4 run
+    in the workspace against the fp32 commit: the real change, and a weights gate that holds."""
+    set_precision(repo, "fp32")
+    run(["git", "add", "-A"], repo)
+    run(["git", "commit", "-qm", "fp32 run", "--allow-empty"], repo)
+    root = run(["git", "rev-list", "--max-parents=0", "HEAD"], repo).stdout.strip()
+    first = report(repo, "--base", root, "--head", "HEAD", "--out", "pr/first.md")
+    assert first.returncode == 0, first.stderr
+    assert "| exact match | — |" in (repo / "pr/first.md").read_text()
+
+    base = read_json(repo / "reports/metrics.json")
+    set_precision(repo, "int4")
+    head = read_json(repo / "reports/metrics.json")
+    result = report(repo, "--base", "HEAD", "--out", "pr/report.md")
+    markdown = (repo / "pr/report.md").read_text()
+    assert result.returncode == 0, result.stderr  # int4 weighs less than fp32: the weights gate holds
+    assert '| `quantize.precision` | `"fp32"` | `"int4"` |' in markdown
+    change = head["weights_mb"] - base["weights_mb"]
+    assert change < 0
+    assert (f"| weights (MB) | {base['weights_mb']:.3f} | {head['weights_mb']:.3f} | -{abs(change):.3f} | "
+            f"{change / base['weights_mb']:+.1%} | ▼ ✅ |") in markdown
+    assert "| weights_mb | 0% worse |" in markdown
+    assert (repo / "pr/plots/latency.png").is_file()
