@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+
 # The seed's headline claims: (retention key, claimed fraction, wording).
 CLAIMS = (
     ("accuracy_kept", 0.92, "accuracy kept (shipped model / teacher exact match)"),
@@ -20,6 +22,12 @@ COLUMNS = (  # (header, key, format)
 )
 
 
+def git_revision() -> str:
+    """The commit checked out when the stage ran (the code that made these figures)."""
+    result = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    return result.stdout.strip() or "unknown"
+
+
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
             *("| " + " | ".join(row) + " |" for row in rows)]
@@ -36,7 +44,7 @@ def render(metrics: dict, quantize: dict, eval_count: int, revision: str) -> str
     lines = [
         "# Evaluation report",
         "",
-        f"Git revision `{revision}`; {eval_count} held-out eval records; the shipped model is the "
+        f"Run at git revision `{revision}`; {eval_count} held-out eval records; the shipped model is the "
         f"**{quantize['precision']}** ONNX export ({quantize['engine']} engine, {quantize['execution_provider']}) "
         "run by onnxruntime-genai; the others run in PyTorch fp32. Latency: one request at a time, greedy.",
         "",

@@ -57,17 +57,23 @@ def render_answer(label: dict) -> str:
     return json.dumps(label, ensure_ascii=False)
 
 
+def schema_error(task: Task, value) -> str | None:
+    """The first way `value` breaks the answer schema, as 'path: message'; None when it conforms."""
+    errors = sorted(jsonschema.Draft202012Validator(task.schema).iter_errors(value), key=lambda e: list(e.path))
+    if not errors:
+        return None
+    where = "/".join(str(p) for p in errors[0].path) or "(root)"
+    return f"{where}: {errors[0].message}"
+
+
 def check_answer(task: Task, text: str) -> tuple[dict | None, str | None]:
     """Parse and validate one model answer. Returns (answer, None) or (None, reason)."""
     try:
         answer = json.loads(text)
     except json.JSONDecodeError as err:
         return None, f"not valid JSON: {err.msg} at column {err.colno}"
-    errors = sorted(jsonschema.Draft202012Validator(task.schema).iter_errors(answer), key=lambda e: list(e.path))
-    if errors:
-        where = "/".join(str(p) for p in errors[0].path) or "(root)"
-        return None, f"schema: {where}: {errors[0].message}"
-    return answer, None
+    problem = schema_error(task, answer)
+    return (None, f"schema: {problem}") if problem else (answer, None)
 
 
 def _normalise(task: Task, field: str, value):
@@ -88,10 +94,9 @@ def score(task: Task, predictions: list[str], labels: list[dict]) -> dict:
         try:
             parsed = json.loads(text)
             json_valid += 1
+            schema_valid += schema_error(task, parsed) is None
         except json.JSONDecodeError:
             parsed = None
-        if parsed is not None and check_answer(task, text)[0] is not None:
-            schema_valid += 1
         parsed = parsed if isinstance(parsed, dict) else {}
         hits = {f: _normalise(task, f, parsed.get(f, "<missing>")) == _normalise(task, f, gold.get(f)) for f in task.fields}
         exact += all(hits.values())
@@ -111,10 +116,8 @@ def read_labelled(path: str | Path, task: Task) -> list[dict]:
     from slmops.io import read_jsonl
 
     rows = read_jsonl(path, required=("message", "label"))
-    validator = jsonschema.Draft202012Validator(task.schema)
     for number, row in enumerate(rows, start=1):
-        error = next(iter(validator.iter_errors(row["label"])), None)
-        if error is not None:
-            where = "/".join(str(p) for p in error.path) or "(root)"
-            raise InputError(f"{path}: record {number} (id {row.get('id', '?')}): label {where}: {error.message}")
+        problem = schema_error(task, row["label"])
+        if problem:
+            raise InputError(f"{path}: record {number} (id {row.get('id', '?')}): label {problem}")
     return rows

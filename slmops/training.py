@@ -136,7 +136,7 @@ def train(model, tokenizer, examples: list[dict], config: TrainConfig, live_dir:
             per_device_train_batch_size=config.batch_size,
             learning_rate=config.learning_rate,
             weight_decay=config.weight_decay,
-            warmup_steps=config.warmup_ratio,
+            warmup_steps=config.warmup_ratio,  # transformers 5 reads a value below 1 as a fraction of all steps
             lr_scheduler_type="cosine",
             logging_steps=config.logging_steps,
             save_strategy="no",

@@ -9,7 +9,6 @@ reports/plots/ (DVC plots) and reports/report.md.
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 from slmops.errors import InputError, exits_2_on_input_error
@@ -19,7 +18,7 @@ from slmops.io import atomic_write_text, write_json, write_jsonl
 from slmops.modeling import load_model_and_tokenizer
 from slmops.ortgen import OnnxChatModel
 from slmops.params import load_params
-from slmops.run_report import render
+from slmops.run_report import git_revision, render
 from slmops.speed import measure
 from slmops.task import load_task, read_labelled
 from slmops.teacher import load_teacher
@@ -28,11 +27,6 @@ TORCH_VARIANTS = {"teacher": Path("models/teacher"), "student": Path("models/stu
                   "finetuned": Path("models/finetuned")}
 ONNX = Path("models/onnx")
 REPORTS = Path("reports")
-
-
-def git_revision() -> str:
-    result = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
-    return result.stdout.strip() or "unknown"
 
 
 @exits_2_on_input_error

@@ -18,8 +18,8 @@ from slmops.io import atomic_dir, write_json
 from slmops.ortgen import OnnxChatModel
 from slmops.package import copy_model, inference_model, model_card, task_record, verify, write_manifest
 from slmops.params import load_params
+from slmops.run_report import git_revision
 from slmops.task import load_task, read_labelled
-from stages.evaluate import git_revision
 
 ONNX = Path("models/onnx")
 REPORTS = Path("reports")

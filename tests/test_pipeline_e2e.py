@@ -52,7 +52,7 @@ def repo(tmp_path_factory):
     files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
                            capture_output=True, text=True, check=True).stdout.split()
     for name in files:
-        if (ROOT / name).is_file():
+        if (ROOT / name).is_file() and not name.startswith("reports/"):  # a project that has never run
             (repo / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(ROOT / name, repo / name)
     small = repo / "data/small"
