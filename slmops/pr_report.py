@@ -244,16 +244,25 @@ def read_revision(rev: str | None, repo: str = ".") -> tuple[dict, dict, dict]:
         params = dvc.api.params_show(repo=repo, rev=rev)
     except RevError as err:
         raise InputError(f"slmops report: {err}") from None
-    except Exception:  # a revision before params.yaml existed
+    except Exception as err:  # a revision before params.yaml existed
+        _warn(rev, "params", err)
         params = {}
     try:
         metrics = dvc.api.metrics_show(METRICS_FILE, repo=repo, rev=rev)
-    except Exception:
+    except Exception as err:  # a revision before the first pipeline run
+        _warn(rev, "metrics", err)
         metrics = {}
     plots = {"accuracy_size": _read_json(PLOTS["accuracy_size"], repo, rev),
              "latency": {v: data for v in VARIANTS
                          if (data := _read_json(f"{PLOTS['latency']}/{v}.json", repo, rev)) is not None}}
     return metrics, params, plots
+
+
+def _warn(rev: str | None, what: str, err: Exception) -> None:
+    import sys
+
+    print(f"slmops report: no {what} at {rev or 'workspace'} ({type(err).__name__}: {err}); shown as new",
+          file=sys.stderr)
 
 
 def _read_json(path: str, repo: str, rev: str | None):

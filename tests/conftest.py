@@ -103,5 +103,9 @@ def azurite(tmp_path):
                 time.sleep(0.3)
         yield connection
     finally:
-        server.terminate()
-        server.wait(timeout=10)
+        server.terminate()  # Azurite closes gracefully and may wait on idle keep-alive connections
+        try:
+            server.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
