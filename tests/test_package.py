@@ -100,6 +100,11 @@ def test_chat_one_shot_and_interactive(package):
     assert "type a message" in interactive.stderr
 
 
+def test_chat_with_a_message_longer_than_the_context(package):
+    result = slmops("chat", package, "ORD-12 " * 400)
+    assert result.returncode == 2 and "the model's context is 256" in result.stderr
+
+
 def test_chat_on_a_folder_without_a_model(tmp_path):
     result = slmops("chat", tmp_path, "hi")
     assert result.returncode == 2 and "no genai_config.json" in result.stderr
