@@ -89,13 +89,13 @@ def cmd_chat(args) -> int:
         # Keep the conversation inside the context: drop the oldest turns (never the system message).
         while len(model.prompt_tokens(history)) + args.max_new_tokens > model.context_length and len(history) > 2:
             del history[1 if system else 0]
-        prompt_tokens = len(model.prompt_tokens(history))
-        if prompt_tokens >= model.context_length:
+        prompt = model.prompt_tokens(history)
+        if len(prompt) >= model.context_length:
             history.pop()
-            raise InputError(f"the message is {prompt_tokens} tokens with the chat template; the model's context "
+            raise InputError(f"the message is {len(prompt)} tokens with the chat template; the model's context "
                              f"is {model.context_length}")
         pieces = []
-        for piece in model.stream(history, args.max_new_tokens):
+        for piece in model.stream(history, args.max_new_tokens, prompt=prompt):
             print(piece, end="", flush=True)
             pieces.append(piece)
         print()

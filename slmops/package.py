@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,7 +12,6 @@ from pathlib import Path
 import jsonschema
 
 from slmops.errors import InputError
-from slmops.export import GENAI_FILES
 
 MANIFEST = "manifest.json"
 MANIFEST_SCHEMA = json.loads((Path(__file__).parent / "manifest.schema.json").read_text())
@@ -26,12 +24,6 @@ def sha256(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-def copy_model(onnx_dir: Path, out: Path) -> None:
-    for path in sorted(onnx_dir.iterdir()):
-        if path.name.startswith("model.onnx") or path.name in GENAI_FILES:
-            shutil.copy2(path, out / path.name)
 
 
 def prompt_template(model) -> dict:

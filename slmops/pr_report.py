@@ -43,7 +43,6 @@ METRICS = (
     Metric("memory_saved", "memory saved vs teacher", "{:.1%}", True),
     Metric("size_saved", "size saved vs teacher", "{:.1%}", True),
 )
-BY_KEY = {m.key: m for m in METRICS}
 
 
 @dataclass

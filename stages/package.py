@@ -16,7 +16,8 @@ from pathlib import Path
 from slmops.errors import InputError, exits_2_on_input_error
 from slmops.io import atomic_dir, write_json
 from slmops.ortgen import OnnxChatModel
-from slmops.package import copy_model, inference_model, model_card, task_record, verify, write_manifest
+from slmops.export import keep_genai_files
+from slmops.package import inference_model, model_card, task_record, verify, write_manifest
 from slmops.params import load_params
 from slmops.run_report import git_revision
 from slmops.task import load_task, read_labelled
@@ -44,8 +45,7 @@ def main() -> None:
     name, version = package["name"], package["version"]
     with atomic_dir(FOUNDRY) as root:
         out = root / name
-        out.mkdir()
-        copy_model(ONNX, out)
+        keep_genai_files(ONNX, out)
         write_json(out / "inference_model.json", inference_model(name, OnnxChatModel(out)))
         write_json(out / "task.json", task_record(task))
         (out / "README.md").write_text(model_card(name, version, task, params, metrics, teacher, synthesize,

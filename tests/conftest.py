@@ -1,5 +1,7 @@
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -33,6 +35,12 @@ def tokenizer(labelled):
 def tiny_model(tokenizer):
     torch.manual_seed(0)
     return build_llama(TINY_LLAMA, tokenizer)
+
+
+def run_stage(cwd, stage):
+    """`python -m stages.<stage>` in cwd, with the project's code importable and a minimal PATH."""
+    env = {"PYTHONPATH": str(ROOT), "PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin"}
+    return subprocess.run([sys.executable, "-m", f"stages.{stage}"], cwd=cwd, capture_output=True, text=True, env=env)
 
 
 @pytest.fixture()

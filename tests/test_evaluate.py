@@ -1,13 +1,10 @@
 """Evaluate: accuracy on hand-computed answers, speed summaries, retention, the report, the stage's inputs."""
 
 import json
-import subprocess
-import sys
 
 import pytest
-import torch
 
-from conftest import ROOT
+from conftest import ROOT, run_stage
 from slmops.evaluate import evaluate_model, evaluate_onnx, metrics, plot_rows, retention, size_on_disk
 from slmops.generation import GenerationConfig
 from slmops.modeling import load_model_and_tokenizer
@@ -125,11 +122,6 @@ def test_speed_is_measured_in_a_fresh_process(task, tiny_onnx, tiny_hf_dir):
 def test_speed_of_a_missing_model_names_it(task, tmp_path):
     with pytest.raises(RuntimeError, match="speed measurement of .*nowhere failed"):
         measure("onnx", str(tmp_path / "nowhere"), [task.messages("hi")], warmup=0, max_new_tokens=4)
-
-
-def run_stage(cwd, stage):
-    return subprocess.run([sys.executable, "-m", f"stages.{stage}"], cwd=cwd, capture_output=True, text=True,
-                          env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
 
 
 def test_evaluate_stage_without_models_names_the_folder(project):

@@ -1,9 +1,6 @@
 """Quantize: builder and Olive exports, int8, the parity check (and a broken export it must catch), the stage."""
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import onnx
 import pytest
@@ -11,7 +8,7 @@ import torch
 import yaml
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from conftest import ROOT, TINY_LLAMA
+from conftest import TINY_LLAMA, run_stage
 from slmops.export import (ExportConfig, Parity, builder_options, check_parity, olive_workflow, run_builder,
                            run_olive, write_workflow)
 from slmops.ortgen import OnnxChatModel
@@ -113,11 +110,6 @@ def test_olive_run_that_writes_no_model_is_an_error(tmp_path):
 
 # --- the stage ----------------------------------------------------------------------------------------
 
-def run_stage(cwd, stage="quantize"):
-    env = {"PYTHONPATH": str(ROOT), "PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin"}
-    return subprocess.run([sys.executable, "-m", f"stages.{stage}"], cwd=cwd, capture_output=True, text=True, env=env)
-
-
 def set_params(project, **changes):
     params = yaml.safe_load((project / "params.yaml").read_text())
     for dotted, value in changes.items():
@@ -140,7 +132,7 @@ def quantize_project(project, tiny_hf_dir):
 
 def test_quantize_stage_writes_a_checked_export(quantize_project):
     set_params(quantize_project, quantize__precision="fp32")
-    result = run_stage(quantize_project)
+    result = run_stage(quantize_project, "quantize")
     assert result.returncode == 0, result.stderr[-2000:]
     record = json.loads((quantize_project / "reports/quantize.json").read_text())
     assert record["precision"] == "fp32" and record["parity"]["max_abs_logit_diff"] < 1e-3
@@ -151,7 +143,7 @@ def test_quantize_stage_writes_a_checked_export(quantize_project):
 
 def test_quantize_stage_fails_on_parity_and_writes_nothing(quantize_project):
     set_params(quantize_project, quantize__precision="fp32", quantize__parity__max_abs_logit_diff=1e-12)
-    result = run_stage(quantize_project)
+    result = run_stage(quantize_project, "quantize")
     assert result.returncode != 0
     assert "parity check failed: fp32 export differs from PyTorch: max |logit difference|" in result.stderr
     assert not (quantize_project / "models/onnx").exists()
@@ -166,11 +158,11 @@ def test_quantize_stage_fails_on_parity_and_writes_nothing(quantize_project):
 ])
 def test_quantize_stage_rejects_bad_params(quantize_project, key, value, expected):
     set_params(quantize_project, **{key: value})
-    result = run_stage(quantize_project)
+    result = run_stage(quantize_project, "quantize")
     assert result.returncode == 2 and expected in result.stderr
     assert not (quantize_project / "models/onnx").exists()
 
 
 def test_quantize_stage_without_a_finetuned_model(project):
-    result = run_stage(project)
+    result = run_stage(project, "quantize")
     assert result.returncode == 2 and "models/finetuned" in result.stderr and "finetune stage" in result.stderr

@@ -1,17 +1,16 @@
 """Package: the Foundry Local folder, its manifest, verify (hashes, onnxruntime-genai, Foundry Local), chat."""
 
 import json
-import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, run_stage
 from slmops.errors import InputError
 from slmops.ortgen import OnnxChatModel
-from slmops.package import (check_manifest, copy_model, inference_model, model_card, sha256, task_record,
+from slmops.export import keep_genai_files
+from slmops.package import (check_manifest, inference_model, model_card, sha256, task_record,
                             write_manifest)
 
 SLMOPS = [sys.executable, "-m", "slmops.cli"]
@@ -20,8 +19,7 @@ SLMOPS = [sys.executable, "-m", "slmops.cli"]
 @pytest.fixture()
 def package(tiny_onnx, task, tmp_path):
     folder = tmp_path / "tiny-slm"
-    folder.mkdir()
-    copy_model(tiny_onnx["int4"], folder)
+    keep_genai_files(tiny_onnx["int4"], folder)
     (folder / "inference_model.json").write_text(json.dumps(inference_model("tiny-slm", OnnxChatModel(folder))))
     (folder / "task.json").write_text(json.dumps(task_record(task)))
     write_manifest(folder, "tiny-slm", 3)
@@ -138,13 +136,11 @@ def test_package_stage_rejects_bad_params(project, old, new, expected):
     params = (project / "params.yaml").read_text()
     assert old in params
     (project / "params.yaml").write_text(params.replace(old, new))
-    result = subprocess.run([sys.executable, "-m", "stages.package"], cwd=project, capture_output=True, text=True,
-                            env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+    result = run_stage(project, "package")
     assert result.returncode == 2 and expected in result.stderr
     assert not (project / "models/foundry").exists()
 
 
 def test_package_stage_without_reports_says_what_to_run(project):
-    result = subprocess.run([sys.executable, "-m", "stages.package"], cwd=project, capture_output=True, text=True,
-                            env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+    result = run_stage(project, "package")
     assert result.returncode == 2 and "reports/metrics.json: missing; run `dvc repro`" in result.stderr

@@ -1,13 +1,10 @@
-import subprocess
-import sys
-
 import pytest
 import yaml
 
 from slmops.cli import main as slmops
 from slmops.errors import InputError
 from slmops.params import load_params
-from conftest import ROOT
+from conftest import ROOT, run_stage
 
 
 def write_params(project, edit):
@@ -79,8 +76,7 @@ def test_every_schema_key_has_a_description():
 def test_a_stage_with_bad_params_exits_2_and_writes_nothing(project, stage):
     write_params(project, lambda p: p["finetune"]["lora"].update(rank=8))
     before = sorted(p for p in project.rglob("*"))
-    result = subprocess.run([sys.executable, "-m", f"stages.{stage}"], cwd=project, capture_output=True, text=True,
-                            env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+    result = run_stage(project, stage)
     assert result.returncode == 2
     assert "unknown key finetune.lora.rank" in result.stderr
     assert sorted(p for p in project.rglob("*")) == before
