@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 
+from slmops.endpoint import Endpoint, Requests, Settings, Usage, check_success_ratio, complete_all
 from slmops.generation import GenerationConfig, generate_answers
 from slmops.logprobs import write_store
+from slmops.selfinstruct import drop_near_duplicates, parse_written, writing_chats
 from slmops.modeling import tokenizer_fingerprint
 from slmops.task import Task, check_answer
 from slmops.io import write_json, write_jsonl
@@ -48,4 +51,52 @@ def write_synthetic(out: Path, accepted: list[dict], rejected: list[dict], answe
             row["token_offset"], row["token_count"] = offset, len(answer.token_ids)
     write_jsonl(out / "accepted.jsonl", accepted)
     write_jsonl(out / "rejected.jsonl", rejected)
-    write_json(out / "meta.json", {"logprobs_top_k": top_k, "tokenizer_sha256": tokenizer_fingerprint(tokenizer), "teacher": teacher})
+    fingerprint = tokenizer_fingerprint(tokenizer) if tokenizer is not None else None
+    write_json(out / "meta.json", {"logprobs_top_k": top_k, "tokenizer_sha256": fingerprint, "teacher": teacher})
+
+
+_FENCE = re.compile(r"^```[a-zA-Z]*\s*(.*?)\s*```$", re.DOTALL)
+
+
+def unfence(text: str) -> str:
+    """The answer without a Markdown code fence around it (chat models often add one)."""
+    text = text.strip()
+    match = _FENCE.match(text)
+    return match.group(1) if match else text
+
+
+def label_with_endpoint(endpoint: Endpoint, task: Task, prompts: list[dict], settings: Settings,
+                        requests: Requests, usage: Usage):
+    """(accepted, rejected, stats) from an endpoint teacher. Fails when fewer requests than
+    synthesize.requests.min_success_ratio succeed; the answers received stay cached either way."""
+    start = time.perf_counter()
+    chats = [task.messages(p["message"]) for p in prompts]
+    replies, failures = complete_all(endpoint, settings, chats, requests, usage)
+    check_success_ratio(failures, requests.min_success_ratio, requests.cache)
+    accepted, rejected = [], []
+    for prompt, reply, failure in zip(prompts, replies, failures):
+        row = {"id": prompt.get("id"), "message": prompt["message"]}
+        if failure is not None:
+            rejected.append({**row, "answer": None, "reason": f"request failed: {failure}"})
+            continue
+        text = unfence(reply["content"])
+        label, reason = check_answer(task, text)
+        if reply["finish_reason"] == "length":
+            label, reason = None, f"cut at {settings.max_tokens} tokens (finish_reason length)"
+        if label is None:
+            rejected.append({**row, "answer": text, "reason": reason})
+        else:
+            accepted.append({**row, "answer": text, "label": label})
+    stats = {"prompts": len(prompts), "accepted": len(accepted), "rejected": len(rejected),
+             "reject_rate": len(rejected) / len(prompts), "timing": {"wall_seconds": round(time.perf_counter() - start, 2)}}
+    return accepted, rejected, stats
+
+
+def write_new_prompts(answer_all, generate: dict, seed_messages: list[str], existing: list[str], seed: int):
+    """(new prompt rows, stats): the teacher writes prompts from seed examples (self-instruct); near-duplicates
+    of existing prompts or of each other are dropped. `answer_all(chats)` returns the teacher's texts."""
+    chats = writing_chats(seed_messages, generate["requests"], generate["prompts_per_request"], generate["examples"], seed)
+    written = [prompt for text in answer_all(chats) if text for prompt in parse_written(text)]
+    kept, dropped = drop_near_duplicates(written, existing, generate["max_similarity"])
+    rows = [{"id": f"written-{i:05d}", "message": message} for i, message in enumerate(kept)]
+    return rows, {"requests": len(chats), "written": len(written), "near_duplicates_dropped": dropped, "kept": len(kept)}

@@ -4,6 +4,8 @@
 
 bootstrap: trains a tokenizer and a small Llama on the labelled seed set -> models/teacher/.
 hf: pins an existing model (local folder or hub id) by name, revision and weights hash.
+openai: records the endpoint (base URL without credentials, model or deployment, API version) and the model
+it reports serving; one one-token request checks the credentials.
 """
 
 from __future__ import annotations
@@ -11,11 +13,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from slmops.augment import swap_stated_values
+from slmops.endpoint import Endpoint, Requests, probe
 from slmops.errors import exits_2_on_input_error
 from slmops.io import atomic_dir, write_json
 from slmops.params import load_params
 from slmops.task import load_task, read_labelled
-from slmops.teacher import bootstrap, pin_hf
+from slmops.teacher import IDENTITY_FILE, bootstrap, pin_hf
 from slmops.training import TrainConfig
 
 OUT = Path("models/teacher")
@@ -28,7 +31,11 @@ def main() -> None:
     params = load_params()
     teacher = params["teacher"]
     with atomic_dir(OUT) as out:
-        if teacher["backend"] == "hf":
+        if teacher["backend"] == "openai":
+            endpoint = Endpoint.from_params(teacher)
+            identity = {**endpoint.identity(), **probe(endpoint, Requests(**params["synthesize"]["requests"]))}
+            write_json(out / IDENTITY_FILE, identity)
+        elif teacher["backend"] == "hf":
             identity = pin_hf(teacher["model"], teacher["revision"], out)
         else:
             task = load_task(params["task"]["dir"])

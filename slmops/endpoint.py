@@ -1,0 +1,307 @@
+"""A teacher behind an OpenAI-compatible chat-completions endpoint: client, identity, cached concurrent requests.
+
+The official `openai` client sends each request and retries HTTP failures itself (429, 5xx, timeouts,
+dropped connections) with exponential back-off and jitter, honouring Retry-After. This module adds what a
+pipeline needs around it: bounded concurrency, a content-addressed response cache that survives a kill,
+usage and cost accounting, and the reasons of the requests that failed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import random
+import sqlite3
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import openai
+from tqdm.auto import tqdm
+
+from slmops.errors import InputError
+
+ENTRA_SCOPE = "https://cognitiveservices.azure.com/.default"
+
+
+def public_url(url: str) -> str:
+    """The URL without user, password, query or fragment: what may be written to records and logs."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), "", ""))
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    base_url: str
+    model: str
+    api_version: str | None = None
+    auth: str = "api_key"  # api_key | entra_id | none
+    api_key_env: str = "OPENAI_API_KEY"
+    served_model: str | None = None  # what the endpoint said it runs (see probe)
+
+    @classmethod
+    def from_params(cls, teacher: dict) -> "Endpoint":
+        connection = teacher["openai"]
+        return cls(base_url=connection["base_url"], model=teacher["model"], api_version=connection["api_version"],
+                   auth=connection["auth"], api_key_env=connection["api_key_env"])
+
+    def identity(self) -> dict:
+        """Who answers, as recorded in teacher.json and the cache key; never a credential."""
+        return {"backend": "openai", "base_url": public_url(self.base_url), "model": self.model,
+                "api_version": self.api_version, "served_model": self.served_model}
+
+    def _credential(self):
+        if self.auth == "none":
+            return "unused"  # local servers (Foundry Local, Ollama, slmops serve) ignore it; the client wants one
+        if self.auth == "entra_id":  # the async client wants an async token provider
+            from azure.identity.aio import DefaultAzureCredential, get_bearer_token_provider
+
+            return get_bearer_token_provider(DefaultAzureCredential(), ENTRA_SCOPE)
+        key = os.environ.get(self.api_key_env)
+        if not key:
+            raise InputError(f"teacher.openai.api_key_env: environment variable {self.api_key_env} is not set "
+                             "(it must hold the endpoint's key; or set teacher.openai.auth: entra_id or none)")
+        return key
+
+    def client(self, timeout_s: float, max_retries: int, on_request=None) -> openai.AsyncOpenAI:
+        """The async client; `on_request` (async, called with each HTTP request) sees every attempt, retries too."""
+        credential = self._credential()
+        http_client = openai.DefaultAsyncHttpxClient(event_hooks={"request": [on_request] if on_request else []})
+        common = {"timeout": timeout_s, "max_retries": max_retries, "http_client": http_client}
+        if self.api_version:  # classic Azure OpenAI: /openai/deployments/{model}/...?api-version=
+            auth = {"azure_ad_token_provider": credential} if callable(credential) else {"api_key": credential}
+            return openai.AsyncAzureOpenAI(azure_endpoint=self.base_url, api_version=self.api_version, **auth, **common)
+        return openai.AsyncOpenAI(base_url=self.base_url, api_key=credential, **common)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Generation settings sent with every request (and part of the cache key)."""
+    max_tokens: int
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int | None = None
+    response_format: str | None = None  # None | json_object
+
+    def request_kwargs(self) -> dict:
+        kwargs = {"max_tokens": self.max_tokens, "temperature": self.temperature, "top_p": self.top_p}
+        if self.seed is not None:
+            kwargs["seed"] = self.seed
+        if self.response_format:
+            kwargs["response_format"] = {"type": self.response_format}
+        return kwargs
+
+
+@dataclass(frozen=True)
+class Requests:
+    """How requests are sent: synthesize.requests in params.yaml."""
+    concurrency: int = 16
+    timeout_s: float = 60.0
+    max_retries: int = 5
+    min_success_ratio: float = 0.95
+    cache: str = ".slmops/cache/responses.sqlite"
+
+
+class ResponseCache:
+    """Answers by content address in SQLite, committed one by one, so a killed run loses none it received.
+
+    Outside git and DVC on purpose: it is a cost saver, not an artifact; deleting it only costs money."""
+
+    def __init__(self, path: str | Path):
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(path, isolation_level=None)  # autocommit: every put is durable at once
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("CREATE TABLE IF NOT EXISTS responses (key TEXT PRIMARY KEY, reply TEXT NOT NULL)")
+
+    def get_many(self, keys: list[str]) -> dict[str, dict]:
+        found = {}
+        for start in range(0, len(keys), 500):  # SQLite caps the number of bound parameters
+            chunk = keys[start:start + 500]
+            rows = self._db.execute(f"SELECT key, reply FROM responses WHERE key IN ({','.join('?' * len(chunk))})", chunk)
+            found.update((key, json.loads(reply)) for key, reply in rows)
+        return found
+
+    def put(self, key: str, reply: dict) -> None:
+        self._db.execute("INSERT OR REPLACE INTO responses VALUES (?, ?)", (key, json.dumps(reply)))
+
+    def close(self) -> None:
+        self._db.close()
+
+
+def cache_key(identity: dict, settings: Settings, messages: list[dict]) -> str:
+    payload = json.dumps({"endpoint": identity, "settings": asdict(settings), "messages": messages}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+@dataclass
+class Usage:
+    requests: int = 0          # chat completions answered by the endpoint in this run
+    failed: int = 0            # requests given up after their retries
+    attempts: int = 0          # HTTP requests sent, retries included
+    cache_hits: int = 0
+    prompt_tokens: int = 0     # of this run's requests: what this run paid for
+    completion_tokens: int = 0
+    dataset_prompt_tokens: int = 0      # of every answer used, cached or not: what the dataset costs from scratch
+    dataset_completion_tokens: int = 0
+    failure_reasons: Counter = field(default_factory=Counter)
+
+    @property
+    def retries(self) -> int:
+        """Extra attempts after a 429, 5xx, timeout, dropped connection or malformed body."""
+        return self.attempts - self.requests - self.failed
+
+    def record(self, reply: dict) -> None:
+        self.requests += 1
+        self.prompt_tokens += reply["prompt_tokens"]
+        self.completion_tokens += reply["completion_tokens"]
+
+    def record_used(self, replies: list[dict | None]) -> None:
+        for reply in filter(None, replies):
+            self.dataset_prompt_tokens += reply["prompt_tokens"]
+            self.dataset_completion_tokens += reply["completion_tokens"]
+
+    def summary(self, prices: dict) -> dict:
+        """Counts, tokens and the estimated cost (USD, from per-million-token prices) of this run and of the dataset."""
+        def cost(prompt: int, completion: int) -> float:
+            return round((prompt * prices["prompt_per_million"] + completion * prices["completion_per_million"]) / 1e6, 6)
+
+        figures = {k: v for k, v in asdict(self).items() if k != "failure_reasons"}
+        return {**figures, "retries": self.retries, "failure_reasons": dict(self.failure_reasons.most_common()),
+                "cost_usd": cost(self.prompt_tokens, self.completion_tokens),
+                "dataset_cost_usd": cost(self.dataset_prompt_tokens, self.dataset_completion_tokens)}
+
+
+class BadResponse(Exception):
+    """A 200 answer that is not a chat completion (garbage body, no choices, no content)."""
+
+
+def parse_reply(raw) -> dict:
+    """The parts of a raw chat-completions response we keep; BadResponse when it is not one."""
+    try:
+        completion = raw.parse()
+        choice = completion.choices[0]
+        content = choice.message.content
+        usage = completion.usage
+    except (ValueError, AttributeError, IndexError, TypeError) as err:  # JSONDecodeError is a ValueError
+        raise BadResponse(f"malformed response body ({type(err).__name__})") from None
+    if not isinstance(content, str):
+        raise BadResponse("response without message content")
+    return {"content": content, "finish_reason": choice.finish_reason, "model": completion.model,
+            "prompt_tokens": usage.prompt_tokens if usage else 0,
+            "completion_tokens": usage.completion_tokens if usage else 0}
+
+
+def describe_failure(err: Exception, timeout_s: float) -> str:
+    """A short reason for the failure counts; never the request (or its key)."""
+    if isinstance(err, openai.APITimeoutError):
+        return f"timed out after {timeout_s:g} s"
+    if isinstance(err, openai.APIStatusError):
+        return f"HTTP {err.status_code}"
+    if isinstance(err, openai.APIConnectionError):
+        return "connection failed"
+    return str(err)
+
+
+def _backoff(attempt: int) -> float:
+    """The openai client's own schedule (0.5 s doubling up to 8 s, minus up to 25% jitter)."""
+    return min(0.5 * 2 ** attempt, 8.0) * (1 - 0.25 * random.random())
+
+
+async def complete(client, model: str, settings: Settings, messages: list[dict], max_retries: int) -> dict:
+    """One chat completion. The client retries HTTP failures; a malformed 200 body is retried here,
+    because the client hands it over as it is."""
+    for attempt in range(max_retries + 1):
+        raw = await client.chat.completions.with_raw_response.create(model=model, messages=messages,
+                                                                      **settings.request_kwargs())
+        try:
+            return parse_reply(raw)
+        except BadResponse:
+            if attempt == max_retries:
+                raise
+            await asyncio.sleep(_backoff(attempt))
+    raise AssertionError("unreachable")
+
+
+def complete_all(endpoint: Endpoint, settings: Settings, chats: list[list[dict]], requests: Requests,
+                 usage: Usage, desc: str = "teacher answering") -> tuple[list[dict | None], list[str | None]]:
+    """(replies, failure reasons), both in the order of `chats`. Cached answers are not requested again;
+    each new answer is cached as soon as it arrives."""
+    cache = ResponseCache(requests.cache)
+    identity = endpoint.identity()
+    keys = [cache_key(identity, settings, chat) for chat in chats]
+    cached = cache.get_many(keys)
+    replies: list[dict | None] = [cached.get(key) for key in keys]
+    failures: list[str | None] = [None] * len(chats)
+    usage.cache_hits += len(cached)
+    missing = [i for i, reply in enumerate(replies) if reply is None]
+    if missing:
+        asyncio.run(_fetch(endpoint, settings, chats, keys, missing, requests, cache, usage, replies, failures, desc))
+    cache.close()
+    usage.record_used(replies)
+    return replies, failures
+
+
+async def _fetch(endpoint, settings, chats, keys, missing, requests, cache, usage, replies, failures, desc) -> None:
+    async def count_attempt(_request) -> None:
+        usage.attempts += 1
+
+    client = endpoint.client(requests.timeout_s, requests.max_retries, count_attempt)
+    limit = asyncio.Semaphore(requests.concurrency)
+    bar = tqdm(total=len(missing), desc=desc, unit="request")
+
+    async def one(i: int) -> None:
+        async with limit:
+            try:
+                reply = await complete(client, endpoint.model, settings, chats[i], requests.max_retries)
+            except (openai.OpenAIError, BadResponse) as err:
+                failures[i] = describe_failure(err, requests.timeout_s)
+                usage.failed += 1
+                usage.failure_reasons[failures[i]] += 1
+            else:
+                cache.put(keys[i], reply)
+                replies[i] = reply
+                usage.record(reply)
+        bar.update()
+
+    try:
+        await asyncio.gather(*(one(i) for i in missing))
+    finally:
+        bar.close()
+        await client.close()
+
+
+def check_success_ratio(failures: list[str | None], min_ratio: float, cache_path: str) -> None:
+    """InputError naming how many requests failed and why when too few succeeded."""
+    failed = [f for f in failures if f is not None]
+    if not failures or 1 - len(failed) / len(failures) >= min_ratio:
+        return
+    reasons = ", ".join(f"{count} x {reason}" for reason, count in Counter(failed).most_common())
+    raise InputError(f"{len(failed)} of {len(failures)} teacher requests failed ({reasons}); "
+                     f"synthesize.requests.min_success_ratio is {min_ratio}. The {len(failures) - len(failed)} answers "
+                     f"received are cached in {cache_path}: a rerun sends only the failed requests")
+
+
+def probe(endpoint: Endpoint, requests: Requests) -> dict:
+    """Ask the endpoint which model answers (one uncached one-token completion): served_model changes
+    when the provider swaps the model behind a name."""
+    async def ask() -> dict:
+        client = endpoint.client(requests.timeout_s, requests.max_retries)
+        try:
+            reply = await complete(client, endpoint.model, Settings(max_tokens=1, seed=0),
+                                      [{"role": "user", "content": "Say OK."}], requests.max_retries)
+        finally:
+            await client.close()
+        return reply
+
+    try:
+        reply = asyncio.run(ask())
+    except (openai.OpenAIError, BadResponse) as err:
+        raise InputError(f"teacher endpoint {public_url(endpoint.base_url)} (model {endpoint.model}) did not answer: "
+                         f"{describe_failure(err, requests.timeout_s)}") from None
+    return {"served_model": reply["model"]}

@@ -1,0 +1,109 @@
+"""A fault-injecting OpenAI-compatible teacher on 127.0.0.1 for the tests and the benchmark.
+
+It labels support messages it knows (message -> label) with the canonical JSON answer, writes prompts for
+self-instruct requests, and, per (message, attempt), can answer 429 with Retry-After, 500, too slowly,
+with a malformed body, or drop the connection.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+import zlib
+from collections import Counter
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from slmops.task import render_answer
+
+FAULTS = ("429", "500", "slow", "malformed", "garbage", "drop")
+
+
+class FakeTeacher:
+    def __init__(self, labels: dict[str, dict], latency_s: float = 0.0, slow_s: float = 2.0, model: str = "fake-teacher-2026-01"):
+        self.labels = labels            # user message -> label
+        self.latency_s = latency_s      # added to every request
+        self.slow_s = slow_s            # how long a "slow" fault waits
+        self.served_model = model
+        self.faults: dict[str, list[str]] = {}  # user message -> fault per attempt ("ok" to answer)
+        self.attempts: Counter = Counter()       # user message -> requests received
+        self.answered: Counter = Counter()       # user message -> answers sent (what a provider bills)
+        self.authorizations: set[str] = set()
+        self.bodies: list[dict] = []
+        self._lock = threading.Lock()
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_port}/v1"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def answer(self, messages: list[dict]) -> str:
+        user = messages[-1]["content"]
+        if user in self.labels:
+            return render_answer(self.labels[user])
+        if user.startswith("You write realistic"):
+            return "\n".join(f"{i}. My parcel number {zlib.crc32(user.encode()) % 97 + i} never arrived, where is it?" if i % 3 == 0
+                             else f"- Question {i} about {user[-40:-20]!r} and refund {i * 7}" for i in range(1, 6))
+        return "OK"
+
+    def _handler(self):
+        teacher = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def _send(self, status: int, body: bytes, headers: dict | None = None) -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                for name, value in (headers or {}).items():
+                    self.send_header(name, value)
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                user = body["messages"][-1]["content"]
+                with teacher._lock:
+                    attempt = teacher.attempts[user]
+                    teacher.attempts[user] += 1
+                    teacher.authorizations.add(self.headers.get("Authorization") or self.headers.get("api-key"))
+                    teacher.bodies.append(body)
+                plan = teacher.faults.get(user, [])
+                fault = plan[attempt] if attempt < len(plan) else "ok"
+                time.sleep(teacher.latency_s)
+                if fault == "429":
+                    return self._send(429, b'{"error": {"message": "rate limited"}}', {"Retry-After": "1"})
+                if fault == "500":
+                    return self._send(500, b'{"error": {"message": "internal error"}}')
+                if fault == "malformed":
+                    return self._send(200, b'{"choices": [{"message": ')
+                if fault == "garbage":
+                    return self._send(200, b'{"hello": "world"}')
+                if fault == "drop":
+                    self.connection.shutdown(socket.SHUT_RDWR)
+                    self.close_connection = True
+                    return None
+                if fault == "slow":
+                    time.sleep(teacher.slow_s)
+                content = teacher.answer(body["messages"])
+                completion = {
+                    "id": "chatcmpl-fake", "object": "chat.completion", "created": 0, "model": teacher.served_model,
+                    "choices": [{"index": 0, "finish_reason": "stop",
+                                 "message": {"role": "assistant", "content": content}}],
+                    "usage": {"prompt_tokens": len(json.dumps(body["messages"])) // 4,
+                              "completion_tokens": len(content) // 4 + 1,
+                              "total_tokens": len(json.dumps(body["messages"])) // 4 + len(content) // 4 + 1},
+                }
+                with teacher._lock:
+                    teacher.answered[user] += 1
+                return self._send(200, json.dumps(completion).encode())
+
+        return Handler
