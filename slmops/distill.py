@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
+from transformers import AutoTokenizer
 
 from slmops.errors import InputError
 from slmops.logprobs import Store
@@ -11,13 +14,18 @@ from slmops.task import Task, render_answer
 from slmops.training import attach_teacher_logprobs, encode_chat
 
 
-def make_student(student: dict, teacher_tokenizer, seed: int):
+def make_student(student: dict, teacher_dir: str | Path, seed: int):
     """(model, tokenizer): an existing model from `student.model`, or a new Llama from `student.config`
     that shares the teacher's tokenizer."""
     if student["model"]:
         folder, _ = resolve_model(student["model"], student["revision"], "student.model")
         model, tokenizer = load_model_and_tokenizer(folder)
         return model.train(), tokenizer
+    if not (Path(teacher_dir) / "tokenizer_config.json").is_file():
+        raise InputError(f"student.config builds a student on the teacher's tokenizer, but {teacher_dir} has none "
+                         "(an endpoint teacher, teacher.backend openai, has no local tokenizer); set student.model "
+                         "to a model folder or hub id, e.g. Qwen/Qwen2.5-0.5B-Instruct")
+    teacher_tokenizer = AutoTokenizer.from_pretrained(teacher_dir)
     torch.manual_seed(seed)
     return build_llama(student["config"], teacher_tokenizer), teacher_tokenizer
 

@@ -9,11 +9,14 @@ usage and cost accounting, and the reasons of the requests that failed.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import json
 import os
 import random
+import re
 import sqlite3
+import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -77,6 +80,17 @@ class Endpoint:
             auth = {"azure_ad_token_provider": credential} if callable(credential) else {"api_key": credential}
             return openai.AsyncAzureOpenAI(azure_endpoint=self.base_url, api_version=self.api_version, **auth, **common)
         return openai.AsyncOpenAI(base_url=self.base_url, api_key=credential, **common)
+
+
+def served_endpoint(teacher: dict, record: str | Path = "data/endpoint.json") -> Endpoint:
+    """The endpoint of params with the served model the endpoint stage recorded (part of the cache key)."""
+    record = Path(record)
+    if not record.is_file():
+        raise InputError(f"{record}: not found; run the endpoint stage first (dvc repro endpoint)")
+    served = json.loads(record.read_text()).get("served_model")
+    if served is None:
+        raise InputError(f"{record}: no served model recorded; rerun the endpoint stage (dvc repro endpoint)")
+    return dataclasses.replace(Endpoint.from_params(teacher), served_model=served)
 
 
 @dataclass(frozen=True)
@@ -197,6 +211,16 @@ def parse_reply(raw) -> dict:
             "completion_tokens": usage.completion_tokens if usage else 0}
 
 
+_FENCE = re.compile(r"^```[a-zA-Z]*\s*(.*?)\s*```$", re.DOTALL)
+
+
+def unfence(text: str) -> str:
+    """The answer without a Markdown code fence around it (chat models often add one)."""
+    text = text.strip()
+    match = _FENCE.match(text)
+    return match.group(1) if match else text
+
+
 def describe_failure(err: Exception, timeout_s: float) -> str:
     """A short reason for the failure counts; never the request (or its key)."""
     if isinstance(err, openai.APITimeoutError):
@@ -305,3 +329,24 @@ def probe(endpoint: Endpoint, requests: Requests) -> dict:
         raise InputError(f"teacher endpoint {public_url(endpoint.base_url)} (model {endpoint.model}) did not answer: "
                          f"{describe_failure(err, requests.timeout_s)}") from None
     return {"served_model": reply["model"]}
+
+
+def time_requests(endpoint: Endpoint, settings: Settings, chats: list[list[dict]], requests: Requests) -> list[float]:
+    """Seconds per request, sent one at a time and never from the cache: what a caller of the endpoint waits."""
+    async def timed() -> list[float]:
+        client = endpoint.client(requests.timeout_s, requests.max_retries)
+        seconds = []
+        try:
+            for chat in tqdm(chats, desc="timing the endpoint", unit="request"):
+                start = time.perf_counter()
+                await complete(client, endpoint.model, settings, chat, requests.max_retries)
+                seconds.append(time.perf_counter() - start)
+        finally:
+            await client.close()
+        return seconds
+
+    try:
+        return asyncio.run(timed())
+    except (openai.OpenAIError, BadResponse) as err:
+        raise InputError(f"timing teacher endpoint {public_url(endpoint.base_url)}: "
+                         f"{describe_failure(err, requests.timeout_s)}") from None

@@ -10,8 +10,10 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from slmops.endpoint import Endpoint, Requests, Settings, Usage, check_success_ratio, complete_all, time_requests, unfence
 from slmops.generation import GenerationConfig, generate_answers
 from slmops.modeling import count_parameters
+from slmops.speed import latency_percentiles
 from slmops.task import Task, score
 
 # Headline figures, flat so that `dvc metrics diff` reads well. Each is the shipped (quantized) model's.
@@ -41,6 +43,21 @@ def evaluate_onnx(model, task: Task, rows: list[dict], max_new_tokens: int, name
     return score(task, texts, [r["label"] for r in rows]), _predictions(rows, texts)
 
 
+def evaluate_endpoint(endpoint: Endpoint, requests: Requests, task: Task, rows: list[dict], settings: Settings,
+                      timed_chats: list[list[dict]], warmup: int):
+    """(figures, predictions, latencies in ms) of an endpoint teacher. Accuracy through the response cache;
+    latency from fresh requests one at a time. A remote model's size, memory and parameters are unknown: None."""
+    replies, failures = complete_all(endpoint, settings, [task.messages(r["message"]) for r in rows], requests,
+                                     Usage(), desc="evaluating teacher")
+    check_success_ratio(failures, requests.min_success_ratio, requests.cache)
+    texts = [unfence(reply["content"]) if reply else "" for reply in replies]
+    latencies = [s * 1000 for s in time_requests(endpoint, settings, timed_chats, requests)][warmup:]
+    figures = {**score(task, texts, [r["label"] for r in rows]), **latency_percentiles(latencies),
+               "requests": len(latencies), "ttft_p50_ms": None, "decode_tokens_per_s": None, "peak_rss_mb": None,
+               "parameters": None, "size_mb": None, "weights_mb": None}
+    return figures, _predictions(rows, texts), latencies
+
+
 WEIGHT_FILES = ("*.safetensors", "*.bin", "model.onnx", "model.onnx.data")
 PIPELINE_RECORDS = {"teacher.json", "quantize.json", "finetune.json", "olive_config.json"}
 
@@ -53,7 +70,9 @@ def size_on_disk(folder: str | Path) -> dict:
             "weights_mb": sum(p.stat().st_size for p in weights) / 1e6}
 
 
-def _saved(baseline: float, value: float) -> float:
+def _saved(baseline: float | None, value: float) -> float | None:
+    if baseline is None:  # an endpoint teacher: its memory and size are unknown
+        return None
     return 1 - value / baseline if baseline else 0.0
 
 
@@ -65,7 +84,7 @@ def retention(teacher: dict, shipped: dict, finetuned: dict) -> dict:
         "memory_saved": _saved(teacher["peak_rss_mb"], shipped["peak_rss_mb"]),
         "size_saved": _saved(teacher["size_mb"], shipped["size_mb"]),
         "size_saved_by_quantization": _saved(finetuned["weights_mb"], shipped["weights_mb"]),
-        "parameter_ratio": shipped["parameters"] / teacher["parameters"],
+        "parameter_ratio": shipped["parameters"] / teacher["parameters"] if teacher["parameters"] else None,
     }
 
 
@@ -79,7 +98,7 @@ def metrics(variants: dict[str, dict], shipped: str = "quantized") -> dict:
 def plot_rows(variants: dict[str, dict], latencies: dict[str, list[float]]) -> tuple[list[dict], dict[str, list[dict]]]:
     """DVC plot data: accuracy against size (one point per variant) and each variant's latency quantiles."""
     accuracy_size = [{"variant": name, "size_mb": v["size_mb"], "exact_match": v["exact_match"]}
-                     for name, v in variants.items()]
+                     for name, v in variants.items() if v["size_mb"] is not None]
     quantiles = {}
     for name, values in latencies.items():
         ordered = sorted(values)

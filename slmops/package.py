@@ -151,7 +151,7 @@ def model_card(name: str, version: int, task, params: dict, metrics: dict, teach
     """README.md of the package: what the model does, how it was made, how well it does."""
     import yaml
 
-    from slmops.run_report import render_variants
+    from slmops.run_report import render_variants, shown
 
     shipped = metrics["variants"]["quantized"]
     made_with = {key: params[key] for key in ("seed", "teacher", "synthesize", "student", "distill",
@@ -160,7 +160,7 @@ def model_card(name: str, version: int, task, params: dict, metrics: dict, teach
         f"# {name} (version {version})",
         "",
         f"Built by the slmops pipeline at git revision `{revision}`: a {shipped['parameters']:,}-parameter "
-        f"student distilled from a {metrics['variants']['teacher']['parameters']:,}-parameter teacher, "
+        f"student distilled from a {shown(metrics['variants']['teacher']['parameters'], '{:,}')}-parameter teacher, "
         f"fine-tuned with {params['finetune']['method']}, exported as {params['quantize']['precision']} ONNX "
         f"for onnxruntime-genai ({params['quantize']['execution_provider']}).",
         "",
@@ -181,15 +181,14 @@ def model_card(name: str, version: int, task, params: dict, metrics: dict, teach
         "",
         "## Teacher",
         "",
-        f"Backend `{teacher.get('backend')}`, source `{teacher.get('source')}`, revision `{teacher.get('revision')}`, "
-        f"weights SHA-256 `{teacher.get('weights_sha256')}`.",
+        teacher_line(teacher),
         "",
         "## Metrics",
         "",
         *render_variants(metrics["variants"]),
         "",
         f"Accuracy kept against the teacher: {metrics['accuracy_kept']:.1%}; request latency saved: "
-        f"{metrics['latency_saved']:.1%}; peak memory saved: {metrics['memory_saved']:.1%}.",
+        f"{metrics['latency_saved']:.1%}; peak memory saved: {shown(metrics['memory_saved'], '{:.1%}')}.",
         "",
         "## Params",
         "",
@@ -203,6 +202,14 @@ def model_card(name: str, version: int, task, params: dict, metrics: dict, teach
         "and runs the model in onnxruntime-genai and in the Foundry Local runtime.",
         "",
     ])
+
+
+def teacher_line(teacher: dict) -> str:
+    if teacher.get("backend") == "openai":
+        return (f"Backend `openai`: endpoint `{teacher.get('base_url')}`, model `{teacher.get('model')}`, "
+                f"API version `{teacher.get('api_version')}`, served model `{teacher.get('served_model')}`.")
+    return (f"Backend `{teacher.get('backend')}`, source `{teacher.get('source')}`, revision `{teacher.get('revision')}`, "
+            f"weights SHA-256 `{teacher.get('weights_sha256')}`.")
 
 
 def task_record(task) -> dict:

@@ -28,6 +28,11 @@ def git_revision() -> str:
     return result.stdout.strip() or "unknown"
 
 
+def shown(value, fmt: str) -> str:
+    """A figure in its format, or "n/a" when unknown (an endpoint teacher's size, memory, parameters)."""
+    return "n/a" if value is None else fmt.format(value)
+
+
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
             *("| " + " | ".join(row) + " |" for row in rows)]
@@ -36,7 +41,7 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
 def render_variants(variants: dict[str, dict]) -> list[str]:
     """The per-variant table: runtime, size, accuracy, latency, memory."""
     return _table(["variant", *(c[0] for c in COLUMNS)],
-                  [[name, *(fmt.format(v[key]) for _, key, fmt in COLUMNS)] for name, v in variants.items()])
+                  [[name, *(shown(v[key], fmt) for _, key, fmt in COLUMNS)] for name, v in variants.items()])
 
 
 def render(metrics: dict, quantize: dict, eval_count: int, revision: str) -> str:
@@ -60,12 +65,13 @@ def render(metrics: dict, quantize: dict, eval_count: int, revision: str) -> str
                     [[name, *(f"{v['field_accuracy'][f]:.1%}" for f in fields)] for name, v in variants.items()])
     lines += ["", "## Claims against this run", ""]
     lines += _table(["claim", "measured", "met"],
-                    [[f"{claimed:.0%} {wording}", f"{metrics[key]:.1%}", "yes" if metrics[key] >= claimed else "no"]
+                    [[f"{claimed:.0%} {wording}", shown(metrics[key], "{:.1%}"),
+                      "n/a" if metrics[key] is None else "yes" if metrics[key] >= claimed else "no"]
                      for key, claimed, wording in CLAIMS])
     lines += [
         "",
-        f"The shipped model has {metrics['parameter_ratio']:.1%} of the teacher's parameters and is "
-        f"{metrics['size_saved']:.1%} smaller on disk than the teacher.",
+        f"The shipped model has {shown(metrics['parameter_ratio'], '{:.1%}')} of the teacher's parameters and is "
+        f"{shown(metrics['size_saved'], '{:.1%}')} smaller on disk than the teacher (n/a: a teacher behind an endpoint).",
         "",
         "Plots: `dvc plots show` (accuracy against size, latency quantiles per variant, training curves).",
         "",

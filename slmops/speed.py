@@ -69,16 +69,18 @@ def time_onnx(model_dir: str, chats: list[list[dict]], max_new_tokens: int, exec
             for a in (model.answer(chat, max_new_tokens) for chat in chats)]
 
 
+def latency_percentiles(latencies_ms: list[float]) -> dict:
+    latency = np.array(latencies_ms)
+    return {f"latency_p{q}_ms": float(np.percentile(latency, q)) for q in (50, 90, 95)}
+
+
 def summarize(timings: list[Timing]) -> dict:
     """Percentiles of request latency and time to first token (ms), and the decode rate (tokens/s after the first)."""
-    latency = np.array([t.seconds for t in timings]) * 1000
     first = np.array([t.first_token_seconds for t in timings]) * 1000
     decode_tokens = sum(max(t.tokens - 1, 0) for t in timings)
     decode_seconds = sum(t.seconds - t.first_token_seconds for t in timings)
     return {
-        "latency_p50_ms": float(np.percentile(latency, 50)),
-        "latency_p90_ms": float(np.percentile(latency, 90)),
-        "latency_p95_ms": float(np.percentile(latency, 95)),
+        **latency_percentiles([t.seconds * 1000 for t in timings]),
         "ttft_p50_ms": float(np.percentile(first, 50)),
         "decode_tokens_per_s": decode_tokens / decode_seconds if decode_seconds > 0 else 0.0,
         "requests": len(timings),

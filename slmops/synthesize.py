@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import re
 import time
 from pathlib import Path
 
-from slmops.endpoint import Endpoint, Requests, Settings, Usage, check_success_ratio, complete_all
+from slmops.endpoint import Endpoint, Requests, Settings, Usage, check_success_ratio, complete_all, unfence
 from slmops.generation import GenerationConfig, generate_answers
 from slmops.logprobs import write_store
 from slmops.selfinstruct import drop_near_duplicates, parse_written, writing_chats
@@ -53,16 +52,6 @@ def write_synthetic(out: Path, accepted: list[dict], rejected: list[dict], answe
     write_jsonl(out / "rejected.jsonl", rejected)
     fingerprint = tokenizer_fingerprint(tokenizer) if tokenizer is not None else None
     write_json(out / "meta.json", {"logprobs_top_k": top_k, "tokenizer_sha256": fingerprint, "teacher": teacher})
-
-
-_FENCE = re.compile(r"^```[a-zA-Z]*\s*(.*?)\s*```$", re.DOTALL)
-
-
-def unfence(text: str) -> str:
-    """The answer without a Markdown code fence around it (chat models often add one)."""
-    text = text.strip()
-    match = _FENCE.match(text)
-    return match.group(1) if match else text
 
 
 def label_with_endpoint(endpoint: Endpoint, task: Task, prompts: list[dict], settings: Settings,

@@ -11,8 +11,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from transformers import AutoTokenizer
-
 from slmops.distill import distillation_examples, make_student, use_logit_kd
 from slmops.errors import exits_2_on_input_error
 from slmops.io import atomic_dir, read_jsonl, write_json
@@ -23,6 +21,7 @@ from slmops.task import load_task
 from slmops.training import KDConfig, TrainConfig, train
 
 SYNTHETIC = Path("data/synthetic")
+TEACHER = Path("models/teacher")
 OUT = Path("models/student")
 METRICS = Path("reports/distill.json")
 LIVE_DIR = Path("reports/train/distill")
@@ -35,8 +34,7 @@ def main() -> None:
     task = load_task(params["task"]["dir"])
     meta = json.loads((SYNTHETIC / "meta.json").read_text())
     accepted = read_jsonl(SYNTHETIC / "accepted.jsonl", required=("message", "answer", "label"))
-    teacher_tokenizer = AutoTokenizer.from_pretrained("models/teacher")
-    model, tokenizer = make_student(params["student"], teacher_tokenizer, params["seed"])
+    model, tokenizer = make_student(params["student"], TEACHER, params["seed"])
     kd_on = use_logit_kd(distill["kd"], meta, tokenizer)
     examples = distillation_examples(task, tokenizer, accepted, Store(SYNTHETIC) if kd_on else None)
     kd = KDConfig(**{k: v for k, v in distill["kd"].items() if k != "on_tokenizer_mismatch"}) if kd_on else None

@@ -2,8 +2,8 @@
 
     python -m stages.evaluate      (dvc repro evaluate)
 
-Variants: teacher, distilled student and fine-tuned student in PyTorch; the quantized export in
-onnxruntime-genai. Writes reports/metrics.json (DVC metrics), reports/predictions/<variant>.jsonl,
+Variants: teacher, distilled student and fine-tuned student in PyTorch (an endpoint teacher through its
+endpoint); the quantized export in onnxruntime-genai. Writes reports/metrics.json (DVC metrics), reports/predictions/<variant>.jsonl,
 reports/plots/ (DVC plots) and reports/report.md.
 """
 
@@ -11,8 +11,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from slmops.endpoint import Requests, Settings, served_endpoint
 from slmops.errors import InputError, exits_2_on_input_error
-from slmops.evaluate import evaluate_model, evaluate_onnx, metrics, plot_rows, size_on_disk
+from slmops.evaluate import evaluate_endpoint, evaluate_model, evaluate_onnx, metrics, plot_rows, size_on_disk
 from slmops.generation import GenerationConfig
 from slmops.io import atomic_write_text, write_json, write_jsonl
 from slmops.modeling import load_model_and_tokenizer
@@ -33,7 +34,7 @@ REPORTS = Path("reports")
 def main() -> None:
     params = load_params()
     evaluate, quantize = params["evaluate"], params["quantize"]
-    for folder in [*TORCH_VARIANTS.values(), ONNX]:
+    for folder in [*TORCH_VARIANTS.values(), ONNX]:  # models/teacher holds an endpoint teacher's record
         if not folder.is_dir():
             raise InputError(f"{folder}: model folder missing; run `dvc repro` to build it")
     task = load_task(params["task"]["dir"])
@@ -44,7 +45,17 @@ def main() -> None:
     timed_chats = [task.messages(r["message"]) for r in timed_rows]
 
     variants, latencies = {}, {}
-    for name, folder in TORCH_VARIANTS.items():
+    local = dict(TORCH_VARIANTS)
+    if params["teacher"]["backend"] == "openai":
+        del local["teacher"]
+        settings = Settings(max_tokens=config.max_new_tokens, seed=params["seed"],
+                            response_format=params["teacher"]["openai"]["response_format"])
+        figures, predictions, latencies["teacher"] = evaluate_endpoint(
+            served_endpoint(params["teacher"]), Requests(**params["synthesize"]["requests"]), task, rows, settings,
+            timed_chats, speed["warmup"])
+        variants["teacher"] = {"runtime": f"endpoint {params['teacher']['model']}", **figures}
+        write_jsonl(REPORTS / "predictions" / "teacher.jsonl", predictions)
+    for name, folder in local.items():
         model, tokenizer = load_teacher(folder)[:2] if name == "teacher" else load_model_and_tokenizer(folder)
         figures, predictions = evaluate_model(model, tokenizer, task, rows, config, name)
         del model

@@ -10,13 +10,11 @@ With synthesize.mode generate_and_label the teacher first writes new prompts fro
 
 from __future__ import annotations
 
-import dataclasses
-import json
 from pathlib import Path
 
 import torch
 
-from slmops.endpoint import Endpoint, Requests, Settings, Usage, check_success_ratio, complete_all
+from slmops.endpoint import Endpoint, Requests, Settings, Usage, check_success_ratio, complete_all, served_endpoint
 from slmops.errors import InputError, exits_2_on_input_error
 from slmops.generation import GenerationConfig, generate_answers
 from slmops.io import atomic_dir, read_jsonl, write_json, write_jsonl
@@ -27,18 +25,13 @@ from slmops.teacher import load_teacher
 
 OUT = Path("data/synthetic")
 METRICS = Path("reports/synthesize.json")
-SERVED = Path("data/endpoint.json")  # written by the endpoint stage on every repro
 
 
 def endpoint_teacher(params: dict) -> tuple[Endpoint, Requests]:
     if params["synthesize"]["logprobs_top_k"]:
         raise InputError("synthesize.logprobs_top_k: an endpoint's log-probs are over its own tokens, which a student "
                          "cannot match; set it to 0 with teacher.backend openai (and distill.kd.alpha: 1)")
-    if not SERVED.is_file():
-        raise InputError(f"{SERVED}: not found; run the endpoint stage first (dvc repro endpoint)")
-    served_model = json.loads(SERVED.read_text())["served_model"]
-    endpoint = dataclasses.replace(Endpoint.from_params(params["teacher"]), served_model=served_model)
-    return endpoint, Requests(**params["synthesize"]["requests"])
+    return served_endpoint(params["teacher"]), Requests(**params["synthesize"]["requests"])
 
 
 def settings_for(params: dict, max_tokens: int, temperature: float, top_p: float = 1.0, response_format=None) -> Settings:

@@ -26,6 +26,13 @@ METRICS = Path("reports/teacher.json")
 LIVE_DIR = Path("reports/train/teacher")
 
 
+def no_training_curves() -> None:
+    """hf and openai teachers are not trained here; DVC still expects the plots folder: an empty curve."""
+    with atomic_dir(LIVE_DIR) as live:
+        (live / "plots/metrics/train").mkdir(parents=True)
+        (live / "plots/metrics/train/loss.tsv").write_text("step\tloss\n")
+
+
 @exits_2_on_input_error
 def main() -> None:
     params = load_params()
@@ -35,8 +42,10 @@ def main() -> None:
             endpoint = Endpoint.from_params(teacher)
             identity = {**endpoint.identity(), **probe(endpoint, Requests(**params["synthesize"]["requests"]))}
             write_json(out / IDENTITY_FILE, identity)
+            no_training_curves()
         elif teacher["backend"] == "hf":
             identity = pin_hf(teacher["model"], teacher["revision"], out)
+            no_training_curves()
         else:
             task = load_task(params["task"]["dir"])
             rows = read_labelled(params["data"]["labelled"], task)

@@ -16,10 +16,10 @@ from conftest import ROOT
 from fake_endpoint import FakeTeacher
 from slmops.endpoint import (
     Endpoint, Requests, ResponseCache, Settings, Usage, cache_key, check_success_ratio, complete_all, probe, public_url,
+    unfence,
 )
 from slmops.errors import InputError
 from slmops.selfinstruct import drop_near_duplicates, parse_written
-from slmops.synthesize import unfence
 
 FAKE_KEY = "sk-fake-3f9c1e7a-never-write-me"
 

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -14,6 +15,7 @@ import yaml
 
 from slmops.modeling import hash_weights
 from conftest import ROOT
+from fake_endpoint import FakeTeacher
 
 pytestmark = pytest.mark.e2e
 TINY = {"hidden_size": 48, "num_hidden_layers": 2, "num_attention_heads": 2, "num_key_value_heads": 2,
@@ -67,6 +69,18 @@ def repo(tmp_path_factory):
         run(cmd, repo)
     run(["dvc", "repro"], repo)
     return repo
+
+
+def stages_ran(result) -> set[str]:
+    """The stages a `dvc repro` ran, less endpoint, which DVC runs every time (always_changed)."""
+    return set(re.findall(r"Running stage '([^']+)'", result.stdout)) - {"endpoint"}
+
+
+def changed_stages(repo) -> dict:
+    """`dvc status --json` less endpoint, which is always changed."""
+    status = json.loads(run(["dvc", "status", "--json"], repo).stdout)
+    assert status.pop("endpoint") == ["always changed"]
+    return status
 
 
 def read_json(path):
@@ -125,7 +139,8 @@ def test_pipeline_writes_every_artifact(repo):
 def test_second_repro_does_nothing(repo):
     before = (repo / "models/teacher/model.safetensors").stat().st_mtime_ns
     result = run(["dvc", "repro"], repo)
-    assert "Data and pipelines are up to date" in result.stdout
+    assert stages_ran(result) == set() and "Running stage 'endpoint'" in result.stdout
+    assert "Stage 'synthesize' didn't change, skipping" in result.stdout  # the endpoint's record is the same
     assert (repo / "models/teacher/model.safetensors").stat().st_mtime_ns == before
 
 
@@ -167,15 +182,14 @@ def test_killed_stage_leaves_the_previous_output_whole(repo):
     assert sorted(p.name for p in (repo / "models/teacher").iterdir()) == listing
     assert hash_weights(repo / "models/teacher") == before
     assert (repo / "reports/train/teacher/plots/metrics/train/loss.tsv").is_file()
-    assert "Data and pipelines are up to date" in run(["dvc", "repro"], repo).stdout
+    assert stages_ran(run(["dvc", "repro"], repo)) == set()
 
 
 def test_changing_lora_rank_reruns_finetune_and_what_follows_only(repo):
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["finetune"]["lora"]["r"] = 2
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    status = run(["dvc", "status", "--json"], repo).stdout
-    changed = json.loads(status)
+    changed = changed_stages(repo)
     assert set(changed) == {"finetune", "package"}, changed  # the package's model card quotes the params
     assert {"changed params": {"params.yaml": {"finetune.lora.r": "modified"}}} in changed["finetune"] or \
         any("params.yaml" in json.dumps(entry) for entry in changed["finetune"])
@@ -194,7 +208,7 @@ def test_changing_precision_reruns_quantize_evaluate_and_package_only(repo):
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["quantize"]["precision"] = "fp32"
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    assert set(json.loads(run(["dvc", "status", "--json"], repo).stdout)) == {"quantize", "evaluate", "package"}
+    assert set(changed_stages(repo)) == {"quantize", "evaluate", "package"}
     result = run(["dvc", "repro"], repo)
     for stage in ("quantize", "evaluate", "package"):
         assert f"Running stage '{stage}'" in result.stdout
@@ -202,7 +216,7 @@ def test_changing_precision_reruns_quantize_evaluate_and_package_only(repo):
         assert f"Running stage '{stage}'" not in result.stdout
     assert read_json(repo / "reports/quantize.json")["parity"]["max_abs_logit_diff"] < 1e-3
     assert read_json(repo / "reports/metrics.json")["variants"]["quantized"]["runtime"] == "onnxruntime-genai fp32"
-    assert "Data and pipelines are up to date" in run(["dvc", "repro"], repo).stdout
+    assert stages_ran(run(["dvc", "repro"], repo)) == set()
 
 
 def test_push_to_azure_blob_then_a_fresh_clone_pulls_without_rerunning(repo, azurite, tmp_path):
@@ -218,9 +232,8 @@ def test_push_to_azure_blob_then_a_fresh_clone_pulls_without_rerunning(repo, azu
     run(["git", "clone", "-q", str(repo), str(clone)], tmp_path)
     run(["dvc", "remote", "modify", "--local", "blob", "connection_string", azurite], clone)
     run(["dvc", "pull"], clone)
-    assert "Data and pipelines are up to date" in run(["dvc", "status"], clone).stdout
-    result = run(["dvc", "repro"], clone)
-    assert "Running stage" not in result.stdout and "Data and pipelines are up to date" in result.stdout
+    assert changed_stages(clone) == {}
+    assert stages_ran(run(["dvc", "repro"], clone)) == set()
     assert hash_weights(clone / "models/teacher") == hash_weights(repo / "models/teacher")
     assert (clone / "models/foundry/tiny-triage/manifest.json").read_bytes() == \
         (repo / "models/foundry/tiny-triage/manifest.json").read_bytes()
@@ -262,3 +275,44 @@ def test_report_on_real_pipeline_commits(repo):
             f"{change / base['weights_mb']:+.1%} | ▼ ✅ |") in markdown
     assert "| weights_mb | 0% worse |" in markdown
     assert (repo / "pr/plots/latency.png").is_file()
+
+
+def test_a_pipeline_with_an_endpoint_teacher(repo, tmp_path):
+    """The whole pipeline with teacher.backend openai: a fault-injecting teacher on loopback labels the
+    prompts (one answer in five first fails), the student starts from the first run's fine-tuned model."""
+    second = tmp_path / "second"
+    shutil.copytree(repo, second)
+    rows = [json.loads(line) for name in ("labelled", "eval")
+            for line in (repo / f"data/small/{name}.jsonl").read_text().splitlines()]
+    teacher = FakeTeacher({r["message"]: r["label"] for r in rows})
+    for row in rows[:150:5]:
+        teacher.faults[row["message"]] = ["500"]
+    try:
+        params = yaml.safe_load((second / "params.yaml").read_text())
+        params["data"]["prompts"] = "data/small/labelled.jsonl"
+        params["teacher"].update(backend="openai", model="teacher-deployment")
+        params["teacher"]["openai"].update(base_url=teacher.url, auth="none")
+        params["synthesize"]["logprobs_top_k"] = 0
+        params["synthesize"]["requests"]["cache"] = str(tmp_path / "responses.sqlite")
+        params["student"]["model"] = str(repo / "models/finetuned")
+        params["distill"]["kd"]["alpha"] = 1.0
+        params["quantize"]["precision"] = "fp32"  # this barely trained student's near-tied logits fail int4 parity
+        (second / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        result = run(["dvc", "repro"], second)
+        again = run(["dvc", "repro"], second)
+    finally:
+        teacher.close()
+    assert stages_ran(result) == {"teacher", "synthesize", "distill", "finetune", "quantize", "evaluate", "package"}
+    assert stages_ran(again) == set()
+    assert read_json(second / "models/teacher/teacher.json") == {
+        "backend": "openai", "base_url": teacher.url, "model": "teacher-deployment", "api_version": None,
+        "served_model": "fake-teacher-2026-01"}
+    synthesize = read_json(second / "reports/synthesize.json")
+    assert synthesize["accepted"] == 150 and synthesize["usage"]["requests"] == 150
+    assert synthesize["usage"]["retries"] == 30 and synthesize["usage"]["failed"] == 0
+    metrics = read_json(second / "reports/metrics.json")
+    assert metrics["variants"]["teacher"]["runtime"] == "endpoint teacher-deployment"
+    assert metrics["variants"]["teacher"]["exact_match"] == 1.0 and metrics["variants"]["teacher"]["size_mb"] is None
+    assert metrics["memory_saved"] is None and metrics["accuracy_kept"] == metrics["exact_match"]
+    assert "served model `fake-teacher-2026-01`" in (second / "models/foundry/tiny-triage/README.md").read_text()
+    assert "| teacher | endpoint teacher-deployment | n/a |" in (second / "reports/report.md").read_text()
