@@ -55,6 +55,7 @@ class FakeTeacher:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True  # headers and body go out in separate writes
 
             def log_message(self, *args):
                 pass
@@ -107,3 +108,17 @@ class FakeTeacher:
                 return self._send(200, json.dumps(completion).encode())
 
         return Handler
+
+
+def main() -> None:
+    """`python tests/fake_endpoint.py LATENCY_S`: serve in a process of its own (the benchmark's client then
+    has the interpreter to itself); prints the base URL, answers "OK" to any message."""
+    import sys
+
+    teacher = FakeTeacher({}, latency_s=float(sys.argv[1]))
+    print(teacher.url, flush=True)
+    threading.Event().wait()
+
+
+if __name__ == "__main__":
+    main()
