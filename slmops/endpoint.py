@@ -226,7 +226,9 @@ def unfence(text: str) -> str:
 def describe_failure(err: Exception, timeout_s: float) -> str:
     """A short reason for the failure counts; never the request (or its key)."""
     if isinstance(err, openai.APIStatusError):
-        return f"HTTP {err.status_code}"
+        if err.status_code in (400, 404, 422):  # the request itself is wrong: the server's words say how
+            return f"HTTP {err.status_code}: {err.message[:160]}"
+        return f"HTTP {err.status_code}"  # not 401/403: their messages may quote part of the key
     root = err
     while root.__cause__ is not None:
         root = root.__cause__
@@ -326,7 +328,7 @@ def probe(endpoint: Endpoint, requests: Requests) -> dict:
         client = endpoint.client(requests.timeout_s, requests.max_retries)
         try:
             reply = await complete(client, endpoint.model, Settings(max_tokens=1, seed=0),
-                                      [{"role": "user", "content": "Say OK."}], requests.max_retries)
+                                   [{"role": "user", "content": "Say OK."}], requests.max_retries)
         finally:
             await client.close()
         return reply

@@ -17,7 +17,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from slmops.task import render_answer
 
-FAULTS = ("429", "500", "slow", "malformed", "garbage", "drop")
+FAULTS = ("429", "500", "400", "slow", "malformed", "garbage", "drop")
 
 
 class FakeTeacher:
@@ -31,6 +31,7 @@ class FakeTeacher:
         self.answered: Counter = Counter()       # user message -> answers sent (what a provider bills)
         self.authorizations: set[str] = set()
         self.bodies: list[dict] = []
+        self.paths: list[str] = []
         self._lock = threading.Lock()
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.server.daemon_threads = True
@@ -77,11 +78,14 @@ class FakeTeacher:
                     teacher.attempts[user] += 1
                     teacher.authorizations.add(self.headers.get("Authorization") or self.headers.get("api-key"))
                     teacher.bodies.append(body)
+                    teacher.paths.append(self.path)
                 plan = teacher.faults.get(user, [])
                 fault = plan[attempt] if attempt < len(plan) else "ok"
                 time.sleep(teacher.latency_s)
                 if fault == "429":
                     return self._send(429, b'{"error": {"message": "rate limited"}}', {"Retry-After": "1"})
+                if fault == "400":
+                    return self._send(400, b'{"error": {"message": "response_format json_object is not supported"}}')
                 if fault == "500":
                     return self._send(500, b'{"error": {"message": "internal error"}}')
                 if fault == "malformed":

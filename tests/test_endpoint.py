@@ -122,6 +122,15 @@ def test_persistent_failures_are_reported_and_the_rest_kept(teacher, task, rows,
     assert sum(teacher.attempts.values()) - before == 10 and failures == [None] * 60
 
 
+def test_a_rejected_request_is_not_retried_and_its_reason_kept(teacher, task, rows, tmp_path):
+    teacher.faults[rows[0]["message"]] = ["400"]
+    usage = Usage()
+    _, failures = complete_all(endpoint_for(teacher), Settings(max_tokens=64), chats(task, rows[:3]),
+                               Requests(cache=str(tmp_path / "c.sqlite")), usage)
+    assert failures[0] == "HTTP 400: Error code: 400 - response_format json_object is not supported" and failures[1:] == [None, None]
+    assert teacher.attempts[rows[0]["message"]] == 1 and usage.retries == 0
+
+
 def test_entra_id_sends_a_bearer_token_from_azure_identity(teacher, task, rows, tmp_path, monkeypatch):
     import azure.identity.aio
     from azure.core.credentials import AccessToken
@@ -135,6 +144,17 @@ def test_entra_id_sends_a_bearer_token_from_azure_identity(teacher, task, rows, 
     endpoint = Endpoint(base_url=teacher.url, model="m", auth="entra_id")
     complete_all(endpoint, Settings(max_tokens=8), chats(task, rows[:2]), Requests(cache=str(tmp_path / "c.sqlite")), Usage())
     assert teacher.authorizations == {"Bearer entra-token-123"}
+
+
+def test_classic_azure_deployment_gets_its_url_and_api_key_header(teacher, task, rows, tmp_path, monkeypatch):
+    monkeypatch.setenv("AZURE_TEACHER_KEY", FAKE_KEY)
+    endpoint = Endpoint(base_url=teacher.url.removesuffix("/v1"), model="gpt-4o-teacher", api_version="2024-10-21",
+                        api_key_env="AZURE_TEACHER_KEY")
+    replies, _ = complete_all(endpoint, Settings(max_tokens=64), chats(task, rows[:2]),
+                              Requests(cache=str(tmp_path / "c.sqlite")), Usage())
+    assert teacher.paths == ["/openai/deployments/gpt-4o-teacher/chat/completions?api-version=2024-10-21"] * 2
+    assert teacher.authorizations == {FAKE_KEY}  # sent as the api-key header
+    assert json.loads(replies[0]["content"]) == rows[0]["label"]
 
 
 def test_probe_reports_the_served_model_and_names_an_unreachable_endpoint(teacher):

@@ -59,8 +59,9 @@ def test_pipeline_workflow_runner_comes_from_a_variable_and_secrets_skip_forks()
     assert all(job["runs-on"] == "${{ vars.PIPELINE_RUNNER || 'ubuntu-latest' }}" for job in jobs.values())
     assert jobs["pull-request"]["permissions"] == {"contents": "read", "pull-requests": "write"}
     assert jobs["main"]["permissions"] == {"contents": "read"}
-    secret = next(s for s in jobs["pull-request"]["steps"] if "env" in s)["env"]["AZURE_STORAGE_CONNECTION_STRING"]
-    assert "github.event.pull_request.head.repo.full_name == github.repository" in secret
+    env = next(s for s in jobs["pull-request"]["steps"] if "env" in s)["env"]
+    for name in ("AZURE_STORAGE_CONNECTION_STRING", "TEACHER_API_KEY"):
+        assert "github.event.pull_request.head.repo.full_name == github.repository" in env[name]
     run_steps = [s["run"] for job in jobs.values() for s in job["steps"] if "run" in s]
     assert run_steps == ['scripts/pipeline.sh pr "$BASE_REF"', "scripts/pipeline.sh main"]
 
