@@ -227,7 +227,8 @@ def describe_failure(err: Exception, timeout_s: float) -> str:
     """A short reason for the failure counts; never the request (or its key)."""
     if isinstance(err, openai.APIStatusError):
         if err.status_code in (400, 404, 422):  # the request itself is wrong: the server's words say how
-            return f"HTTP {err.status_code}: {err.message[:160]}"
+            said = err.body.get("message") if isinstance(err.body, dict) else None
+            return f"HTTP {err.status_code}: {str(said or err.message)[:160]}"
         return f"HTTP {err.status_code}"  # not 401/403: their messages may quote part of the key
     root = err
     while root.__cause__ is not None:

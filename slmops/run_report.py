@@ -71,7 +71,8 @@ def render(metrics: dict, quantize: dict, eval_count: int, revision: str) -> str
     lines += [
         "",
         f"The shipped model has {shown(metrics['parameter_ratio'], '{:.1%}')} of the teacher's parameters and is "
-        f"{shown(metrics['size_saved'], '{:.1%}')} smaller on disk than the teacher (n/a: a teacher behind an endpoint).",
+        f"{shown(metrics['size_saved'], '{:.1%}')} smaller on disk than the teacher"
+        + (" (n/a: the teacher is behind an endpoint)." if metrics["size_saved"] is None else "."),
         "",
         "Plots: `dvc plots show` (accuracy against size, latency quantiles per variant, training curves).",
         "",

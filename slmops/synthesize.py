@@ -7,11 +7,11 @@ from pathlib import Path
 
 from slmops.endpoint import Endpoint, Requests, Settings, Usage, check_success_ratio, complete_all, unfence
 from slmops.generation import GenerationConfig, generate_answers
-from slmops.logprobs import write_store
-from slmops.selfinstruct import drop_near_duplicates, parse_written, writing_chats
-from slmops.modeling import tokenizer_fingerprint
-from slmops.task import Task, check_answer
 from slmops.io import write_json, write_jsonl
+from slmops.logprobs import write_store
+from slmops.modeling import tokenizer_fingerprint
+from slmops.selfinstruct import drop_near_duplicates, parse_written, writing_chats
+from slmops.task import Task, check_answer
 
 
 def label_prompts(model, tokenizer, task: Task, prompts: list[dict], config: GenerationConfig, top_k: int):

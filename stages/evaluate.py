@@ -3,8 +3,8 @@
     python -m stages.evaluate      (dvc repro evaluate)
 
 Variants: teacher, distilled student and fine-tuned student in PyTorch (an endpoint teacher through its
-endpoint); the quantized export in onnxruntime-genai. Writes reports/metrics.json (DVC metrics), reports/predictions/<variant>.jsonl,
-reports/plots/ (DVC plots) and reports/report.md.
+endpoint); the quantized export in onnxruntime-genai. Writes reports/metrics.json (DVC metrics),
+reports/predictions/<variant>.jsonl, reports/plots/ (DVC plots) and reports/report.md.
 """
 
 from __future__ import annotations

@@ -76,7 +76,8 @@ def from_local(params: dict, task, prompts: list[dict]):
 
     def answer_all(chats, settings, desc):
         config = GenerationConfig(max_new_tokens=settings.max_tokens, batch_size=generation["batch_size"],
-                                  do_sample=True, temperature=settings.temperature, seed=params["seed"])
+                                  do_sample=settings.temperature > 0, temperature=settings.temperature or 1.0,
+                                  seed=params["seed"])
         return [answer.text for answer in generate_answers(model, tokenizer, chats, config, progress=desc)]
 
     prompts, written, stats = with_written_prompts(params, task, prompts, answer_all)

@@ -127,7 +127,7 @@ def test_a_rejected_request_is_not_retried_and_its_reason_kept(teacher, task, ro
     usage = Usage()
     _, failures = complete_all(endpoint_for(teacher), Settings(max_tokens=64), chats(task, rows[:3]),
                                Requests(cache=str(tmp_path / "c.sqlite")), usage)
-    assert failures[0] == "HTTP 400: Error code: 400 - response_format json_object is not supported" and failures[1:] == [None, None]
+    assert failures[0] == "HTTP 400: response_format json_object is not supported" and failures[1:] == [None, None]
     assert teacher.attempts[rows[0]["message"]] == 1 and usage.retries == 0
 
 
@@ -177,6 +177,26 @@ def test_written_prompts_are_parsed_and_near_duplicates_dropped():
     assert written == ["Where is my order ORD-12?", "where is my order ORD-12 ??", "The blender arrived broken."]
     kept, dropped = drop_near_duplicates(written, ["the blender arrived broken!"], 0.7)
     assert kept == ["Where is my order ORD-12?"] and dropped == 2
+
+
+def test_written_prompts_are_asked_for_with_seed_examples_and_deduplicated():
+    from slmops.synthesize import write_new_prompts
+
+    seeds = [f"my order ORD-{i:02d} never arrived, where is it?" for i in range(10)] + ["the blender is broken"]
+    asked = []
+
+    def answer_all(chats):
+        asked.extend(chats)
+        return ["1. I want to return the lamp I bought.\n2. the blender is broken!", None]  # one request failed
+
+    generate = {"requests": 2, "prompts_per_request": 4, "examples": 3, "max_similarity": 0.7}
+    rows, stats = write_new_prompts(answer_all, generate, seeds, seeds, seed=1)
+    assert rows == [{"id": "written-00000", "message": "I want to return the lamp I bought."}]
+    assert stats == {"requests": 2, "written": 2, "near_duplicates_dropped": 1, "kept": 1}
+    assert len(asked) == 2 and all("Write 4 new inputs" in chat[0]["content"] for chat in asked)
+    again = []
+    write_new_prompts(lambda chats: again.extend(chats) or [None, None], generate, seeds, seeds, seed=1)
+    assert again == asked  # same seed, same questions: a rerun hits the cache
 
 
 def test_unfence_strips_a_markdown_code_fence():
