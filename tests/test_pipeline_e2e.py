@@ -18,12 +18,13 @@ from conftest import ROOT
 from fake_endpoint import FakeTeacher
 
 pytestmark = pytest.mark.e2e
+FAKE_KEY = "sk-e2e-5d1f0b9c-never-write-me"
 TINY = {"hidden_size": 48, "num_hidden_layers": 2, "num_attention_heads": 2, "num_key_value_heads": 2,
         "intermediate_size": 96, "max_position_embeddings": 256, "tie_word_embeddings": True}
 
 
-def run(cmd, cwd, check=True):
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "PYTHONPATH": str(cwd)}
+def run(cmd, cwd, check=True, **extra_env):
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "PYTHONPATH": str(cwd), **extra_env}
     result = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=env)
     if check and result.returncode != 0:
         raise AssertionError(f"{cmd} failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
@@ -279,7 +280,8 @@ def test_report_on_real_pipeline_commits(repo):
 
 def test_a_pipeline_with_an_endpoint_teacher(repo, tmp_path):
     """The whole pipeline with teacher.backend openai: a fault-injecting teacher on loopback labels the
-    prompts (one answer in five first fails), the student starts from the first run's fine-tuned model."""
+    prompts (one answer in five first fails), the student starts from the first run's fine-tuned model.
+    The endpoint's key, set in the environment, ends up in no file of the project and in no log."""
     second = tmp_path / "second"
     shutil.copytree(repo, second)
     rows = [json.loads(line) for name in ("labelled", "eval")
@@ -291,19 +293,25 @@ def test_a_pipeline_with_an_endpoint_teacher(repo, tmp_path):
         params = yaml.safe_load((second / "params.yaml").read_text())
         params["data"]["prompts"] = "data/small/labelled.jsonl"
         params["teacher"].update(backend="openai", model="teacher-deployment")
-        params["teacher"]["openai"].update(base_url=teacher.url, auth="none")
+        params["teacher"]["openai"].update(base_url=teacher.url, auth="api_key", api_key_env="E2E_TEACHER_KEY")
         params["synthesize"]["logprobs_top_k"] = 0
         params["synthesize"]["requests"]["cache"] = str(tmp_path / "responses.sqlite")
         params["student"]["model"] = str(repo / "models/finetuned")
         params["distill"]["kd"]["alpha"] = 1.0
         params["quantize"]["precision"] = "fp32"  # this barely trained student's near-tied logits fail int4 parity
         (second / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-        result = run(["dvc", "repro"], second)
-        again = run(["dvc", "repro"], second)
+        result = run(["dvc", "repro"], second, E2E_TEACHER_KEY=FAKE_KEY)
+        again = run(["dvc", "repro"], second, E2E_TEACHER_KEY=FAKE_KEY)
     finally:
         teacher.close()
     assert stages_ran(result) == {"teacher", "synthesize", "distill", "finetune", "quantize", "evaluate", "package"}
     assert stages_ran(again) == set()
+    assert teacher.authorizations == {f"Bearer {FAKE_KEY}"}
+    logs = result.stdout + result.stderr + again.stdout + again.stderr
+    assert FAKE_KEY not in logs
+    files = [p for p in [*second.rglob("*"), tmp_path / "responses.sqlite"] if p.is_file()]
+    assert len(files) > 100  # models, data, reports, dvc.lock, the DVC cache, the response cache
+    assert [str(p) for p in files if FAKE_KEY.encode() in p.read_bytes()] == []
     assert read_json(second / "models/teacher/teacher.json") == {
         "backend": "openai", "base_url": teacher.url, "model": "teacher-deployment", "api_version": None,
         "served_model": "fake-teacher-2026-01"}
