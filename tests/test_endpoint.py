@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -21,7 +22,7 @@ from slmops.endpoint import (
 from slmops.errors import InputError
 from slmops.selfinstruct import drop_near_duplicates, parse_written
 
-FAKE_KEY = "sk-fake-3f9c1e7a-never-write-me"
+FAKE_KEY = f"sk-fake-{uuid.uuid4().hex}"  # made at run time, so that no source file holds it
 
 
 @pytest.fixture()

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,7 @@ from conftest import ROOT
 from fake_endpoint import FakeTeacher
 
 pytestmark = pytest.mark.e2e
-FAKE_KEY = "sk-e2e-5d1f0b9c-never-write-me"
+FAKE_KEY = f"sk-e2e-{uuid.uuid4().hex}"  # made at run time: this file, copied into the project, must not hold it
 TINY = {"hidden_size": 48, "num_hidden_layers": 2, "num_attention_heads": 2, "num_key_value_heads": 2,
         "intermediate_size": 96, "max_position_embeddings": 256, "tie_word_embeddings": True}
 
