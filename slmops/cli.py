@@ -15,11 +15,11 @@ import argparse
 import json
 import sys
 
-from slmops.errors import InputError
+from slmops.core.errors import InputError
 
 
 def cmd_validate(args) -> int:
-    from slmops.params import load_params
+    from slmops.core.params import load_params
 
     load_params(args.params)
     print(f"{args.params}: valid")
@@ -30,21 +30,21 @@ def cmd_eval(args) -> int:
     """A PyTorch folder (config.json) or an onnxruntime-genai folder (genai_config.json)."""
     from pathlib import Path
 
-    from slmops.evaluate import evaluate_model, evaluate_onnx
-    from slmops.generation import GenerationConfig
-    from slmops.params import load_params
-    from slmops.task import load_task, read_labelled
+    from slmops.core.params import load_params
+    from slmops.core.task import load_task, read_labelled
+    from slmops.eval.evaluate import evaluate_model, evaluate_onnx
+    from slmops.models.generate import GenerationConfig
 
     params = load_params(args.params)
     task = load_task(params["task"]["dir"])
     rows = read_labelled(params["data"]["eval"], task)[: args.limit]
     config = GenerationConfig(**params["evaluate"]["generation"], seed=params["seed"])
     if (Path(args.model) / "genai_config.json").is_file():
-        from slmops.ortgen import OnnxChatModel
+        from slmops.onnx.runtime import OnnxChatModel
 
         figures, _ = evaluate_onnx(OnnxChatModel(args.model), task, rows, config.max_new_tokens, args.model)
     else:
-        from slmops.modeling import load_model_and_tokenizer
+        from slmops.models.hf import load_model_and_tokenizer
 
         model, tokenizer = load_model_and_tokenizer(args.model)
         figures, _ = evaluate_model(model, tokenizer, task, rows, config, args.model)
@@ -63,7 +63,7 @@ def _system_prompt(folder, given: str | None) -> str | None:
 
 
 def cmd_package_verify(args) -> int:
-    from slmops.package import verify
+    from slmops.foundry.verify import verify
 
     system = _system_prompt(args.dir, args.system)
     messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": args.message}]
@@ -75,7 +75,7 @@ def cmd_package_verify(args) -> int:
 
 
 def cmd_chat(args) -> int:
-    from slmops.ortgen import OnnxChatModel
+    from slmops.onnx.runtime import OnnxChatModel
 
     model = OnnxChatModel(args.dir)
     system = _system_prompt(args.dir, args.system)
@@ -125,8 +125,8 @@ def cmd_make_data(args) -> int:
 def cmd_report(args) -> int:
     from pathlib import Path
 
-    from slmops.params import validate
-    from slmops.pr_report import check_gates, compare, changed_params, plot_pngs, read_revision, render
+    from slmops.core.params import validate
+    from slmops.report.compare import changed_params, check_gates, compare, plot_pngs, read_revision, render
 
     head_rev = None if args.head == "workspace" else args.head
     base_metrics, base_params, base_plots = read_revision(args.base)
@@ -151,7 +151,7 @@ def cmd_report(args) -> int:
 
 
 def cmd_serve(args) -> int:
-    from slmops.serve import serve
+    from slmops.foundry.serve import serve
 
     serve(args.dir, args.host, args.port, args.max_body_bytes)
     return 0

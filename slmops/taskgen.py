@@ -95,7 +95,7 @@ ORDER_PHRASES = [" from order {id}", " (order {id})", ", order number {id},", " 
 
 def order_id(rng: random.Random) -> str:
     # Two digits: the bootstrap models, small enough to train in minutes on a CPU, learn to copy a
-    # number that is one token; see slmops.modeling.train_chat_tokenizer.
+    # number that is one token; see slmops.models.hf.train_chat_tokenizer.
     return f"ORD-{rng.randint(10, 99)}"
 
 

@@ -11,14 +11,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from slmops.distill import distillation_examples, make_student, use_logit_kd
-from slmops.errors import exits_2_on_input_error
-from slmops.io import atomic_dir, read_jsonl, write_json
-from slmops.logprobs import Store
-from slmops.modeling import count_parameters
-from slmops.params import load_params
-from slmops.task import load_task
-from slmops.training import KDConfig, TrainConfig, train
+from slmops.core.errors import exits_2_on_input_error
+from slmops.core.files import atomic_dir, read_jsonl, write_json
+from slmops.core.params import load_params
+from slmops.core.task import load_task
+from slmops.models.hf import count_parameters
+from slmops.train.logprobs import Store
+from slmops.train.student import distillation_examples, make_student, use_logit_kd
+from slmops.train.trainer import KDConfig, TrainConfig, train
 
 SYNTHETIC = Path("data/synthetic")
 TEACHER = Path("models/teacher")

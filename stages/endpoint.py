@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from slmops.endpoint import Endpoint, Requests, probe
-from slmops.errors import exits_2_on_input_error
-from slmops.io import write_json
-from slmops.params import load_params
+from slmops.core.errors import exits_2_on_input_error
+from slmops.core.files import write_json
+from slmops.core.params import load_params
+from slmops.teacher.endpoint import Endpoint, Requests, probe
 
 OUT = Path("data/endpoint.json")
 

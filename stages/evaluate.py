@@ -11,18 +11,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from slmops.endpoint import Requests, Settings, served_endpoint
-from slmops.errors import InputError, exits_2_on_input_error
-from slmops.evaluate import evaluate_endpoint, evaluate_model, evaluate_onnx, metrics, plot_rows, size_on_disk
-from slmops.generation import GenerationConfig
-from slmops.io import atomic_write_text, write_json, write_jsonl
-from slmops.modeling import load_model_and_tokenizer
-from slmops.ortgen import OnnxChatModel
-from slmops.params import load_params
-from slmops.run_report import git_revision, render
-from slmops.speed import measure
-from slmops.task import load_task, read_labelled
-from slmops.teacher import load_teacher
+from slmops.core.errors import InputError, exits_2_on_input_error
+from slmops.core.files import atomic_write_text, write_json, write_jsonl
+from slmops.core.params import load_params
+from slmops.core.task import load_task, read_labelled
+from slmops.eval.benchmark import measure
+from slmops.eval.evaluate import evaluate_endpoint, evaluate_model, evaluate_onnx, metrics, plot_rows, size_on_disk
+from slmops.models.generate import GenerationConfig
+from slmops.models.hf import load_model_and_tokenizer
+from slmops.onnx.runtime import OnnxChatModel
+from slmops.report.run import git_revision, render
+from slmops.teacher.endpoint import Requests, Settings, served_endpoint
+from slmops.teacher.local import load_teacher
 
 TORCH_VARIANTS = {"teacher": Path("models/teacher"), "student": Path("models/student"),
                   "finetuned": Path("models/finetuned")}

@@ -12,13 +12,13 @@ from pathlib import Path
 
 from transformers import AutoTokenizer, set_seed
 
-from slmops.errors import exits_2_on_input_error
-from slmops.finetune import check_method_runs_here, load_base, merged_model, trainable_parameters, with_adapter
-from slmops.io import atomic_dir, write_json
-from slmops.params import load_params
-from slmops.task import load_task, read_labelled
-from slmops.teacher import sft_examples
-from slmops.training import TrainConfig, train
+from slmops.core.errors import exits_2_on_input_error
+from slmops.core.files import atomic_dir, write_json
+from slmops.core.params import load_params
+from slmops.core.task import load_task, read_labelled
+from slmops.train.data import sft_examples
+from slmops.train.lora import check_method_runs_here, load_base, merged_model, trainable_parameters, with_adapter
+from slmops.train.trainer import TrainConfig, train
 
 STUDENT = Path("models/student")
 OUT = Path("models/finetuned")

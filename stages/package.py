@@ -13,14 +13,16 @@ import json
 import sys
 from pathlib import Path
 
-from slmops.errors import InputError, exits_2_on_input_error
-from slmops.io import atomic_dir, write_json
-from slmops.ortgen import OnnxChatModel
-from slmops.export import keep_genai_files
-from slmops.package import inference_model, model_card, task_record, verify, write_manifest
-from slmops.params import load_params
-from slmops.run_report import git_revision
-from slmops.task import load_task, read_labelled
+from slmops.core.errors import InputError, exits_2_on_input_error
+from slmops.core.files import atomic_dir, write_json
+from slmops.core.params import load_params
+from slmops.core.task import load_task, read_labelled
+from slmops.foundry.package import inference_model, task_record, write_manifest
+from slmops.foundry.verify import verify
+from slmops.onnx.export import keep_genai_files
+from slmops.onnx.runtime import OnnxChatModel
+from slmops.report.card import model_card
+from slmops.report.run import git_revision
 
 ONNX = Path("models/onnx")
 REPORTS = Path("reports")

@@ -15,14 +15,23 @@ import tempfile
 import time
 from pathlib import Path
 
-from slmops.errors import exits_2_on_input_error
-from slmops.export import (check_parity, folder_size, keep_genai_files, olive_workflow, parity_inputs,
-                           read_export_config, require_local_model, run_builder, run_olive, write_workflow)
-from slmops.io import atomic_dir, write_json
-from slmops.modeling import load_model_and_tokenizer
-from slmops.ortgen import OnnxChatModel
-from slmops.params import load_params
-from slmops.task import load_task, read_labelled
+from slmops.core.errors import exits_2_on_input_error
+from slmops.core.files import atomic_dir, write_json
+from slmops.core.params import load_params
+from slmops.core.task import load_task, read_labelled
+from slmops.models.hf import load_model_and_tokenizer
+from slmops.onnx.export import (
+    folder_size,
+    keep_genai_files,
+    olive_workflow,
+    read_export_config,
+    require_local_model,
+    run_builder,
+    run_olive,
+    write_workflow,
+)
+from slmops.onnx.parity import check_parity, parity_inputs
+from slmops.onnx.runtime import OnnxChatModel
 
 FINETUNED = Path("models/finetuned")
 OUT = Path("models/onnx")

@@ -14,14 +14,22 @@ from pathlib import Path
 
 import torch
 
-from slmops.endpoint import Endpoint, Requests, Settings, Usage, check_success_ratio, complete_all, served_endpoint
-from slmops.errors import InputError, exits_2_on_input_error
-from slmops.generation import GenerationConfig, generate_answers
-from slmops.io import atomic_dir, read_jsonl, write_json, write_jsonl
-from slmops.params import load_params
-from slmops.synthesize import label_prompts, label_with_endpoint, write_new_prompts, write_synthetic
-from slmops.task import load_task, read_labelled
-from slmops.teacher import load_teacher
+from slmops.core.errors import InputError, exits_2_on_input_error
+from slmops.core.files import atomic_dir, read_jsonl, write_json, write_jsonl
+from slmops.core.params import load_params
+from slmops.core.task import load_task, read_labelled
+from slmops.models.generate import GenerationConfig, generate_answers
+from slmops.teacher.endpoint import (
+    Endpoint,
+    Requests,
+    Settings,
+    Usage,
+    check_success_ratio,
+    complete_all,
+    served_endpoint,
+)
+from slmops.teacher.labelling import label_prompts, label_with_endpoint, write_new_prompts, write_synthetic
+from slmops.teacher.local import load_teacher
 
 OUT = Path("data/synthetic")
 METRICS = Path("reports/synthesize.json")

@@ -12,14 +12,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from slmops.augment import swap_stated_values
-from slmops.endpoint import Endpoint, Requests, probe
-from slmops.errors import exits_2_on_input_error
-from slmops.io import atomic_dir, write_json
-from slmops.params import load_params
-from slmops.task import load_task, read_labelled
-from slmops.teacher import IDENTITY_FILE, bootstrap, pin_hf
-from slmops.training import TrainConfig
+from slmops.core.errors import exits_2_on_input_error
+from slmops.core.files import atomic_dir, write_json
+from slmops.core.params import load_params
+from slmops.core.task import load_task, read_labelled
+from slmops.teacher.augment import swap_stated_values
+from slmops.teacher.bootstrap import bootstrap
+from slmops.teacher.endpoint import Endpoint, Requests, probe
+from slmops.teacher.local import IDENTITY_FILE, pin_hf
+from slmops.train.trainer import TrainConfig
 
 OUT = Path("models/teacher")
 METRICS = Path("reports/teacher.json")

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from slmops.modeling import build_llama, train_chat_tokenizer
-from slmops.task import load_task, render_answer
+from slmops.core.task import load_task, render_answer
+from slmops.models.hf import build_llama, train_chat_tokenizer
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY_LLAMA = {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "num_key_value_heads": 2,
@@ -66,7 +66,7 @@ def tiny_hf_dir(tokenizer, tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_onnx(tiny_hf_dir, tmp_path_factory):
     """The tiny model exported by the onnxruntime-genai builder: {precision: folder} for fp32 and int4."""
-    from slmops.export import ExportConfig, run_builder
+    from slmops.onnx.export import ExportConfig, run_builder
 
     root = tmp_path_factory.mktemp("tiny-onnx")
     folders = {}

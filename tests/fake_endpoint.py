@@ -15,7 +15,7 @@ import zlib
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from slmops.task import render_answer
+from slmops.core.task import render_answer
 
 FAULTS = ("429", "500", "400", "slow", "malformed", "garbage", "drop")
 

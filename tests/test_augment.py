@@ -1,6 +1,6 @@
 import random
 
-from slmops.augment import fresh_digits, swap_stated_values
+from slmops.teacher.augment import fresh_digits, swap_stated_values
 
 ROWS = [
     {"id": "a", "message": "refund the laptop from order ORD-48 please", "label": {"order_id": "ORD-48", "product": "laptop", "urgency": "low"}},

@@ -12,15 +12,24 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import ROOT
 from fake_endpoint import FakeTeacher
-from slmops.endpoint import (
-    Endpoint, Requests, ResponseCache, Settings, Usage, cache_key, check_success_ratio, complete_all, probe, public_url,
+
+from slmops.core.errors import InputError
+from slmops.teacher.endpoint import (
+    Endpoint,
+    Requests,
+    ResponseCache,
+    Settings,
+    Usage,
+    cache_key,
+    check_success_ratio,
+    complete_all,
+    probe,
+    public_url,
     unfence,
 )
-from slmops.errors import InputError
-from slmops.selfinstruct import drop_near_duplicates, parse_written
+from slmops.teacher.selfinstruct import drop_near_duplicates, parse_written
 
 FAKE_KEY = f"sk-fake-{uuid.uuid4().hex}"  # made at run time, so that no source file holds it
 
@@ -181,7 +190,7 @@ def test_written_prompts_are_parsed_and_near_duplicates_dropped():
 
 
 def test_written_prompts_are_asked_for_with_seed_examples_and_deduplicated():
-    from slmops.synthesize import write_new_prompts
+    from slmops.teacher.labelling import write_new_prompts
 
     seeds = [f"my order ORD-{i:02d} never arrived, where is it?" for i in range(10)] + ["the blender is broken"]
     asked = []
@@ -370,7 +379,7 @@ def test_key_never_reaches_an_artifact_log_or_report(project, teacher, rows):
 
 def test_against_slmops_serve(task, rows, tiny_onnx, tmp_path):
     """One pipeline's package as another's teacher: the answers are the served model's own."""
-    from slmops.ortgen import OnnxChatModel
+    from slmops.onnx.runtime import OnnxChatModel
 
     process = subprocess.Popen([sys.executable, "-m", "slmops.cli", "serve", str(tiny_onnx["int4"]), "--port", "0"],
                                cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)

@@ -3,14 +3,14 @@
 import json
 
 import pytest
-
 from conftest import ROOT, run_stage
-from slmops.evaluate import evaluate_model, evaluate_onnx, metrics, plot_rows, retention, size_on_disk
-from slmops.generation import GenerationConfig
-from slmops.modeling import load_model_and_tokenizer
-from slmops.ortgen import OnnxChatModel, TimedAnswer
-from slmops.run_report import render
-from slmops.speed import Timing, measure, summarize
+
+from slmops.eval.benchmark import Timing, measure, summarize
+from slmops.eval.evaluate import evaluate_model, evaluate_onnx, metrics, plot_rows, retention, size_on_disk
+from slmops.models.generate import GenerationConfig
+from slmops.models.hf import load_model_and_tokenizer
+from slmops.onnx.runtime import OnnxChatModel, TimedAnswer
+from slmops.report.run import render
 
 GOLD = {"intent": "cancel_order", "order_id": "ORD-12", "product": "laptop", "urgency": "low", "sentiment": "neutral"}
 

@@ -6,12 +6,12 @@ import onnx
 import pytest
 import torch
 import yaml
+from conftest import TINY_LLAMA, run_stage
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from conftest import TINY_LLAMA, run_stage
-from slmops.export import (ExportConfig, Parity, builder_options, check_parity, olive_workflow, run_builder,
-                           run_olive, write_workflow)
-from slmops.ortgen import OnnxChatModel
+from slmops.onnx.export import ExportConfig, builder_options, olive_workflow, run_builder, run_olive, write_workflow
+from slmops.onnx.parity import Parity, check_parity
+from slmops.onnx.runtime import OnnxChatModel
 
 
 def prompt_and_answer(tokenizer):

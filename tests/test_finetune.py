@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from slmops.errors import InputError
-from slmops.finetune import check_method_runs_here, merged_model, trainable_parameters, with_adapter
+from slmops.core.errors import InputError
+from slmops.train.lora import check_method_runs_here, merged_model, trainable_parameters, with_adapter
 
 LORA = {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]}
 

@@ -1,7 +1,7 @@
 import pytest
 
-from slmops.errors import InputError
-from slmops.io import atomic_dir, read_jsonl
+from slmops.core.errors import InputError
+from slmops.core.files import atomic_dir, read_jsonl
 
 
 def test_atomic_dir_publishes_only_on_success(tmp_path):

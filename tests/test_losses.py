@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from slmops import losses
+from slmops.train import losses
 
 
 def distributions(student_logits, teacher_logprobs, ids):

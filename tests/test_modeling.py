@@ -1,11 +1,16 @@
 import pytest
 import torch
-
-from slmops.errors import InputError
-from slmops.modeling import (
-    build_llama, count_parameters, hash_weights, load_model_and_tokenizer, resolve_model, tokenizer_fingerprint,
-)
 from conftest import TINY_LLAMA
+
+from slmops.core.errors import InputError
+from slmops.models.hf import (
+    build_llama,
+    count_parameters,
+    hash_weights,
+    load_model_and_tokenizer,
+    resolve_model,
+    tokenizer_fingerprint,
+)
 
 
 def test_tokenizer_spells_an_id_number_as_one_token_everywhere(tokenizer):
@@ -24,7 +29,7 @@ def test_chat_template_and_end_token(tokenizer, task):
 
 
 def test_fingerprint_tells_tokenizers_apart(tokenizer, labelled):
-    from slmops.modeling import train_chat_tokenizer
+    from slmops.models.hf import train_chat_tokenizer
 
     other = train_chat_tokenizer([r["message"] for r in labelled[200:300]], 350)
     assert tokenizer_fingerprint(tokenizer) == tokenizer_fingerprint(tokenizer)

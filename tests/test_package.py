@@ -5,13 +5,14 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import ROOT, run_stage
-from slmops.errors import InputError
-from slmops.ortgen import OnnxChatModel
-from slmops.export import keep_genai_files
-from slmops.package import (check_manifest, inference_model, model_card, sha256, task_record,
-                            write_manifest)
+
+from slmops.core.errors import InputError
+from slmops.foundry.package import inference_model, sha256, task_record, write_manifest
+from slmops.foundry.verify import check_manifest
+from slmops.onnx.export import keep_genai_files
+from slmops.onnx.runtime import OnnxChatModel
+from slmops.report.card import model_card
 
 SLMOPS = [sys.executable, "-m", "slmops.cli"]
 

@@ -1,10 +1,10 @@
 import pytest
 import yaml
+from conftest import ROOT, run_stage
 
 from slmops.cli import main as slmops
-from slmops.errors import InputError
-from slmops.params import load_params
-from conftest import ROOT, run_stage
+from slmops.core.errors import InputError
+from slmops.core.params import load_params
 
 
 def write_params(project, edit):

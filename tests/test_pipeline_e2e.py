@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-
-from slmops.modeling import hash_weights
 from conftest import ROOT
 from fake_endpoint import FakeTeacher
+
+from slmops.models.hf import hash_weights
 
 pytestmark = pytest.mark.e2e
 FAKE_KEY = f"sk-e2e-{uuid.uuid4().hex}"  # made at run time: this file, copied into the project, must not hold it

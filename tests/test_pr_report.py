@@ -7,9 +7,9 @@ import sys
 
 import pytest
 import yaml
-
 from conftest import ROOT
-from slmops.pr_report import MARKER, check_gates, compare, changed_params, render
+
+from slmops.report.compare import MARKER, changed_params, check_gates, compare, render
 
 HEAD_METRICS = {"exact_match": 0.85, "schema_valid": 1.0, "json_valid": 1.0, "size_mb": 0.2, "weights_mb": 0.1,
                 "latency_p50_ms": 6.0, "latency_p95_ms": 9.0, "ttft_p50_ms": 1.5, "decode_tokens_per_s": 8000.0,

@@ -7,7 +7,6 @@ import sys
 
 import openai
 import pytest
-
 from conftest import ROOT
 
 
@@ -42,7 +41,7 @@ def test_models_lists_the_served_model(client):
 
 
 def test_chat_completion_matches_the_model_and_counts_tokens(client, tiny_onnx):
-    from slmops.ortgen import OnnxChatModel
+    from slmops.onnx.runtime import OnnxChatModel
 
     messages = [{"role": "user", "content": "where is my order ORD-12?"}]
     completion = client.chat.completions.create(model="int4", messages=messages, max_tokens=6)

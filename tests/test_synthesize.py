@@ -3,14 +3,14 @@ import json
 import numpy as np
 import pytest
 
-from slmops import synthesize
-from slmops.distill import distillation_examples, use_logit_kd
-from slmops.errors import InputError
-from slmops.generation import Answer, GenerationConfig, generate_answers
-from slmops.logprobs import Store
-from slmops.modeling import tokenizer_fingerprint
-from slmops.task import render_answer
-from slmops.training import IGNORE
+from slmops.core.errors import InputError
+from slmops.core.task import render_answer
+from slmops.models.generate import Answer, GenerationConfig, generate_answers
+from slmops.models.hf import tokenizer_fingerprint
+from slmops.teacher import labelling as synthesize
+from slmops.train.data import IGNORE
+from slmops.train.logprobs import Store
+from slmops.train.student import distillation_examples, use_logit_kd
 
 GOOD = {"intent": "order_status", "order_id": None, "product": "laptop", "urgency": "low", "sentiment": "neutral"}
 
@@ -71,7 +71,7 @@ def test_batched_generation_with_logprobs(tiny_model, tokenizer, task):
 
 
 def test_kd_needs_logprobs_and_a_shared_tokenizer(tokenizer, labelled):
-    from slmops.modeling import train_chat_tokenizer
+    from slmops.models.hf import train_chat_tokenizer
 
     kd = {"alpha": 0.5, "on_tokenizer_mismatch": "error"}
     meta = {"logprobs_top_k": 4, "tokenizer_sha256": tokenizer_fingerprint(tokenizer)}

@@ -2,8 +2,8 @@ import json
 
 import pytest
 
-from slmops.errors import InputError
-from slmops.task import check_answer, load_task, read_labelled, render_answer, score
+from slmops.core.errors import InputError
+from slmops.core.task import check_answer, load_task, read_labelled, render_answer, score
 
 GOLD = {"intent": "refund_request", "order_id": "ORD-48", "product": "headphones", "urgency": "high", "sentiment": "negative"}
 

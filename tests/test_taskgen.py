@@ -1,7 +1,8 @@
 import json
 
-from slmops import taskgen
 from conftest import ROOT
+
+from slmops import taskgen
 
 
 def messages(path):
@@ -22,7 +23,7 @@ def test_committed_data_is_what_the_generator_writes(tmp_path):
 
 
 def test_labels_match_the_answer_schema(task):
-    from slmops.task import read_labelled
+    from slmops.core.task import read_labelled
 
     assert len(read_labelled(ROOT / "data/seed/labelled.jsonl", task)) == 600
     assert len(read_labelled(ROOT / "data/eval/eval.jsonl", task)) == 300

@@ -3,9 +3,9 @@ import json
 import pytest
 import torch
 
-from slmops.errors import InputError
-from slmops.modeling import hash_weights
-from slmops.teacher import load_teacher, pin_hf
+from slmops.core.errors import InputError
+from slmops.models.hf import hash_weights
+from slmops.teacher.local import load_teacher, pin_hf
 
 
 def test_hf_backend_pins_a_local_model_and_refuses_changed_weights(tiny_model, tokenizer, tmp_path):

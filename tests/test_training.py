@@ -1,8 +1,9 @@
 import numpy as np
 import torch
 
-from slmops.task import render_answer
-from slmops.training import IGNORE, Collator, DistillationTrainer, KDConfig, TrainConfig, attach_teacher_logprobs, encode_chat, train
+from slmops.core.task import render_answer
+from slmops.train.data import IGNORE, Collator, attach_teacher_logprobs, encode_chat
+from slmops.train.trainer import DistillationTrainer, KDConfig, TrainConfig, train
 
 
 def test_encode_chat_masks_the_prompt_and_keeps_the_answer(tokenizer, task, labelled):

@@ -9,11 +9,11 @@ Each round is one request that decodes exactly NEW_TOKENS tokens (end token supp
 import onnxruntime_genai as og
 import pytest
 import torch
-
 from conftest import ROOT
-from slmops.modeling import load_model_and_tokenizer
-from slmops.ortgen import OnnxChatModel
-from slmops.task import load_task
+
+from slmops.core.task import load_task
+from slmops.models.hf import load_model_and_tokenizer
+from slmops.onnx.runtime import OnnxChatModel
 
 NEW_TOKENS = 64
 ROUNDS = 20

@@ -10,9 +10,9 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import ROOT
-from slmops.endpoint import Endpoint, Requests, Settings, Usage, complete_all
+
+from slmops.teacher.endpoint import Endpoint, Requests, Settings, Usage, complete_all
 
 LATENCY_S = 0.05
 RATES: dict[int, float] = {}

@@ -10,7 +10,7 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
-from slmops.errors import InputError
+from slmops.core.errors import InputError
 
 
 @contextlib.contextmanager

@@ -7,11 +7,11 @@ from pathlib import Path
 import torch
 from transformers import AutoTokenizer
 
-from slmops.errors import InputError
-from slmops.logprobs import Store
-from slmops.modeling import build_llama, load_model_and_tokenizer, resolve_model, tokenizer_fingerprint
-from slmops.task import Task, render_answer
-from slmops.training import attach_teacher_logprobs, encode_chat
+from slmops.core.errors import InputError
+from slmops.core.task import Task, render_answer
+from slmops.models.hf import build_llama, load_model_and_tokenizer, resolve_model, tokenizer_fingerprint
+from slmops.train.data import attach_teacher_logprobs, encode_chat
+from slmops.train.logprobs import Store
 
 
 def make_student(student: dict, teacher_dir: str | Path, seed: int):

@@ -5,13 +5,13 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from slmops.endpoint import Endpoint, Requests, Settings, Usage, check_success_ratio, complete_all, unfence
-from slmops.generation import GenerationConfig, generate_answers
-from slmops.io import write_json, write_jsonl
-from slmops.logprobs import write_store
-from slmops.modeling import tokenizer_fingerprint
-from slmops.selfinstruct import drop_near_duplicates, parse_written, writing_chats
-from slmops.task import Task, check_answer
+from slmops.core.files import write_json, write_jsonl
+from slmops.core.task import Task, check_answer
+from slmops.models.generate import GenerationConfig, generate_answers
+from slmops.models.hf import tokenizer_fingerprint
+from slmops.teacher.endpoint import Endpoint, Requests, Settings, Usage, check_success_ratio, complete_all, unfence
+from slmops.teacher.selfinstruct import drop_near_duplicates, parse_written, writing_chats
+from slmops.train.logprobs import write_store
 
 
 def label_prompts(model, tokenizer, task: Task, prompts: list[dict], config: GenerationConfig, top_k: int):

@@ -5,38 +5,16 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import torch
 from transformers import AutoTokenizer
 
-from slmops.errors import InputError
-from slmops.modeling import (
-    build_llama, count_parameters, hash_weights, load_model_and_tokenizer, resolve_model, train_chat_tokenizer,
+from slmops.core.errors import InputError
+from slmops.models.hf import (
+    hash_weights,
+    load_model_and_tokenizer,
+    resolve_model,
 )
-from slmops.task import Task, render_answer
-from slmops.training import TrainConfig, encode_chat, train
 
 IDENTITY_FILE = "teacher.json"
-
-
-def sft_examples(task: Task, tokenizer, rows: list[dict]) -> list[dict]:
-    """Encoded chat examples (message in, canonical JSON answer out) from labelled rows."""
-    return [encode_chat(tokenizer, task.messages(r["message"], render_answer(r["label"]))) for r in rows]
-
-
-def bootstrap(task: Task, rows: list[dict], vocab_size: int, config: dict, train_config: TrainConfig,
-              out_dir: Path, live_dir: Path) -> dict:
-    """Train a tokenizer and a small Llama on labelled rows; save both to `out_dir`."""
-    texts = [r["message"] for r in rows] + [render_answer(r["label"]) for r in rows]
-    tokenizer = train_chat_tokenizer(texts, vocab_size)
-    torch.manual_seed(train_config.seed)
-    model = build_llama(config, tokenizer)
-    stats = train(model, tokenizer, sft_examples(task, tokenizer, rows), train_config, live_dir)
-    model.save_pretrained(out_dir)
-    tokenizer.save_pretrained(out_dir)
-    identity = {"backend": "bootstrap", "source": ".", "revision": None, "weights_sha256": hash_weights(out_dir),
-                "parameters": count_parameters(model)}
-    (out_dir / IDENTITY_FILE).write_text(json.dumps(identity, indent=2) + "\n")
-    return {**identity, **stats}
 
 
 def pin_hf(model: str, revision: str | None, out_dir: Path) -> dict:

@@ -18,7 +18,7 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from slmops.ortgen import OnnxChatModel
+from slmops.onnx.runtime import OnnxChatModel
 
 ROLES = {"system", "user", "assistant"}
 

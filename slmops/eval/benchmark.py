@@ -1,6 +1,6 @@
 """Latency, time to first token, decode rate and peak memory of one model, one request at a time.
 
-Each variant is measured in a fresh child process (`python -m slmops.speed`) so that its peak resident
+Each variant is measured in a fresh child process (`python -m slmops.eval.benchmark`) so that its peak resident
 memory is its own: a PyTorch variant pays for torch, an ONNX variant only for onnxruntime-genai.
 """
 
@@ -27,7 +27,7 @@ def time_torch(model_dir: str, chats: list[list[dict]], max_new_tokens: int) -> 
     import torch
     from transformers.generation.streamers import BaseStreamer
 
-    from slmops.modeling import load_model_and_tokenizer
+    from slmops.models.hf import load_model_and_tokenizer
 
     model, tokenizer = load_model_and_tokenizer(model_dir)
 
@@ -61,7 +61,7 @@ def time_torch(model_dir: str, chats: list[list[dict]], max_new_tokens: int) -> 
 
 
 def time_onnx(model_dir: str, chats: list[list[dict]], max_new_tokens: int, execution_provider: str = "cpu") -> list[Timing]:
-    from slmops.ortgen import OnnxChatModel
+    from slmops.onnx.runtime import OnnxChatModel
 
     model = OnnxChatModel(model_dir, execution_provider)
     # +1: the end token, which generate() above counts too
@@ -92,7 +92,7 @@ def measure(kind: str, model_dir: str, chats: list[list[dict]], warmup: int, max
     """Run in a child process: summary figures, each request's latency, and the child's peak RSS."""
     payload = json.dumps({"kind": kind, "model_dir": model_dir, "chats": chats, "warmup": warmup,
                           "max_new_tokens": max_new_tokens, "execution_provider": execution_provider})
-    result = subprocess.run([sys.executable, "-m", "slmops.speed"], input=payload, capture_output=True, text=True)
+    result = subprocess.run([sys.executable, "-m", "slmops.eval.benchmark"], input=payload, capture_output=True, text=True)
     if result.returncode != 0:
         raise RuntimeError(f"speed measurement of {model_dir} failed:\n{result.stderr[-3000:]}")
     return json.loads(result.stdout.strip().splitlines()[-1])
@@ -119,5 +119,5 @@ def _child() -> None:
 
 
 if __name__ == "__main__":
-    argparse.ArgumentParser(description="Child process of slmops.speed.measure: a JSON job on stdin.").parse_args()
+    argparse.ArgumentParser(description="Child process of slmops.eval.benchmark.measure: a JSON job on stdin.").parse_args()
     _child()

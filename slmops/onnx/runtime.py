@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime_genai as og
 
-from slmops.errors import InputError
+from slmops.core.errors import InputError
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """Score model variants on the held-out eval set, and turn per-variant figures into DVC metrics.
 
-Accuracy: exact match, per-field accuracy, JSON-valid and schema-valid rates (slmops.task.score).
-Speed and memory come from slmops.speed; size on disk and parameter count from the model folders.
+Accuracy: exact match, per-field accuracy, JSON-valid and schema-valid rates (slmops.core.task.score).
+Speed and memory come from slmops.eval.benchmark; size on disk and parameter count from the model folders.
 """
 
 from __future__ import annotations
@@ -10,11 +10,20 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from slmops.endpoint import Endpoint, Requests, Settings, Usage, check_success_ratio, complete_all, time_requests, unfence
-from slmops.generation import GenerationConfig, generate_answers
-from slmops.modeling import count_parameters
-from slmops.speed import latency_percentiles
-from slmops.task import Task, score
+from slmops.core.task import Task, score
+from slmops.eval.benchmark import latency_percentiles
+from slmops.models.generate import GenerationConfig, generate_answers
+from slmops.models.hf import count_parameters
+from slmops.teacher.endpoint import (
+    Endpoint,
+    Requests,
+    Settings,
+    Usage,
+    check_success_ratio,
+    complete_all,
+    time_requests,
+    unfence,
+)
 
 # Headline figures, flat so that `dvc metrics diff` reads well. Each is the shipped (quantized) model's.
 HEADLINE = ("exact_match", "schema_valid", "json_valid", "size_mb", "weights_mb", "parameters", "latency_p50_ms",
@@ -37,7 +46,7 @@ def evaluate_model(model, tokenizer, task: Task, rows: list[dict], config: Gener
 
 
 def evaluate_onnx(model, task: Task, rows: list[dict], max_new_tokens: int, name: str):
-    """(figures, predictions) for an slmops.ortgen.OnnxChatModel, greedy, one request at a time."""
+    """(figures, predictions) for an slmops.onnx.runtime.OnnxChatModel, greedy, one request at a time."""
     texts = [model.answer(task.messages(r["message"]), max_new_tokens).text
              for r in tqdm(rows, desc=f"evaluating {name}", unit="prompt")]
     return score(task, texts, [r["label"] for r in rows]), _predictions(rows, texts)

@@ -237,7 +237,7 @@ def read_revision(rev: str | None, repo: str = ".") -> tuple[dict, dict, dict]:
     import dvc.api
     from dvc.scm import RevError
 
-    from slmops.errors import InputError
+    from slmops.core.errors import InputError
 
     try:
         params = dvc.api.params_show(repo=repo, rev=rev)

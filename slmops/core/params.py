@@ -8,7 +8,7 @@ from pathlib import Path
 import jsonschema
 import yaml
 
-from slmops.errors import InputError
+from slmops.core.errors import InputError
 
 ROOT = Path(__file__).resolve().parent.parent
 SCHEMA_PATH = ROOT / "params.schema.json"

@@ -9,7 +9,7 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
 from transformers import AutoModelForCausalLM
 
-from slmops.errors import InputError
+from slmops.core.errors import InputError
 
 
 def check_method_runs_here(method: str) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 import jsonschema
 import yaml
 
-from slmops.errors import InputError
+from slmops.core.errors import InputError
 
 
 @dataclass(frozen=True)
@@ -113,7 +113,7 @@ def score(task: Task, predictions: list[str], labels: list[dict]) -> dict:
 
 def read_labelled(path: str | Path, task: Task) -> list[dict]:
     """Labelled rows {id, message, label}; a label the answer schema rejects is named by file and line."""
-    from slmops.io import read_jsonl
+    from slmops.core.files import read_jsonl
 
     rows = read_jsonl(path, required=("message", "label"))
     for number, row in enumerate(rows, start=1):

@@ -25,7 +25,7 @@ from urllib.parse import urlsplit, urlunsplit
 import openai
 from tqdm.auto import tqdm
 
-from slmops.errors import InputError
+from slmops.core.errors import InputError
 
 ENTRA_SCOPE = "https://cognitiveservices.azure.com/.default"
 
