@@ -125,17 +125,15 @@ def cmd_make_data(args) -> int:
 def cmd_report(args) -> int:
     from pathlib import Path
 
-    from slmops.core.params import validate
+    from slmops.core.params import validate_tree
     from slmops.report.compare import changed_params, check_gates, compare, plot_pngs, read_revision, render
 
     head_rev = None if args.head == "workspace" else args.head
     base_metrics, base_params, base_plots = read_revision(args.base)
     head_metrics, head_params, head_plots = read_revision(head_rev)
-    problems = validate(head_params, source=f"params.yaml at {args.head}", check_paths=False)
-    if problems:
-        raise InputError("\n".join(problems))
+    head = validate_tree(head_params, source=f"params.yaml at {args.head}", check_paths=False)
     rows = compare(base_metrics, head_metrics)
-    gates = check_gates(rows, head_params.get("gates") or {})
+    gates = check_gates(rows, {key: gate.model_dump(exclude_none=True) for key, gate in head.gates.items()})
     out = Path(args.out)
     plots = plot_pngs(base_plots, head_plots, out.parent / args.plots_dir)
     markdown = render(args.base, args.head, rows, changed_params(base_params, head_params), gates,

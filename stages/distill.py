@@ -16,9 +16,9 @@ from slmops.core.files import atomic_dir, read_jsonl, write_json
 from slmops.core.params import load_params
 from slmops.core.task import load_task
 from slmops.models.hf import count_parameters
-from slmops.train.logprobs import Store
+from slmops.train.logprobs import LogProbReader
 from slmops.train.student import distillation_examples, make_student, use_logit_kd
-from slmops.train.trainer import KDConfig, TrainConfig, train
+from slmops.train.trainer import train
 
 SYNTHETIC = Path("data/synthetic")
 TEACHER = Path("models/teacher")
@@ -30,15 +30,14 @@ LIVE_DIR = Path("reports/train/distill")
 @exits_2_on_input_error
 def main() -> None:
     params = load_params()
-    distill = params["distill"]
-    task = load_task(params["task"]["dir"])
+    distill = params.distill
+    task = load_task(params.task.dir)
     meta = json.loads((SYNTHETIC / "meta.json").read_text())
     accepted = read_jsonl(SYNTHETIC / "accepted.jsonl", required=("message", "answer", "label"))
-    model, tokenizer = make_student(params["student"], TEACHER, params["seed"])
-    kd_on = use_logit_kd(distill["kd"], meta, tokenizer)
-    examples = distillation_examples(task, tokenizer, accepted, Store(SYNTHETIC) if kd_on else None)
-    kd = KDConfig(**{k: v for k, v in distill["kd"].items() if k != "on_tokenizer_mismatch"}) if kd_on else None
-    stats = train(model, tokenizer, examples, TrainConfig(**distill["train"], seed=params["seed"]), LIVE_DIR, kd=kd)
+    model, tokenizer = make_student(params.student, TEACHER, params.seed)
+    kd_on = use_logit_kd(distill.kd, meta, tokenizer)
+    examples = distillation_examples(task, tokenizer, accepted, LogProbReader(SYNTHETIC) if kd_on else None)
+    stats = train(model, tokenizer, examples, distill.train, params.seed, LIVE_DIR, kd=distill.kd if kd_on else None)
     with atomic_dir(OUT) as out:
         model.save_pretrained(out)
         tokenizer.save_pretrained(out)

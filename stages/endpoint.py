@@ -14,7 +14,7 @@ from pathlib import Path
 from slmops.core.errors import exits_2_on_input_error
 from slmops.core.files import write_json
 from slmops.core.params import load_params
-from slmops.teacher.endpoint import Endpoint, Requests, probe
+from slmops.teacher.endpoint import Endpoint, probe
 
 OUT = Path("data/endpoint.json")
 
@@ -22,12 +22,12 @@ OUT = Path("data/endpoint.json")
 @exits_2_on_input_error
 def main() -> None:
     params = load_params()
-    teacher = params["teacher"]
-    if teacher["backend"] != "openai":
-        write_json(OUT, {"backend": teacher["backend"]})
+    teacher = params.teacher
+    if teacher.backend != "openai":
+        write_json(OUT, {"backend": teacher.backend})
         return
     endpoint = Endpoint.from_params(teacher)
-    write_json(OUT, {**endpoint.identity(), **probe(endpoint, Requests(**params["synthesize"]["requests"]))})
+    write_json(OUT, {**endpoint.identity(), **probe(endpoint, params.synthesize.requests)})
 
 
 if __name__ == "__main__":

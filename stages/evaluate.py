@@ -4,83 +4,68 @@
 
 Variants: teacher, distilled student and fine-tuned student in PyTorch (an endpoint teacher through its
 endpoint); the quantized export in onnxruntime-genai. Writes reports/metrics.json (DVC metrics),
-reports/predictions/<variant>.jsonl, reports/plots/ (DVC plots) and reports/report.md.
+reports/predictions/<variant>.jsonl, reports/plots/ (DVC plots) and reports/report.md, all after every variant
+is done, so a failed run leaves the previous ones whole.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from slmops.core.config import Params
 from slmops.core.errors import InputError, exits_2_on_input_error
-from slmops.core.files import atomic_write_text, write_json, write_jsonl
+from slmops.core.files import atomic_dir, atomic_write_text, write_json, write_jsonl
 from slmops.core.params import load_params
 from slmops.core.task import load_task, read_labelled
-from slmops.eval.benchmark import measure
-from slmops.eval.evaluate import evaluate_endpoint, evaluate_model, evaluate_onnx, metrics, plot_rows, size_on_disk
-from slmops.models.generate import GenerationConfig
-from slmops.models.hf import load_model_and_tokenizer
-from slmops.onnx.runtime import OnnxChatModel
+from slmops.eval.evaluate import (EndpointVariant, OnnxVariant, TorchVariant, Variant, Workload, evaluate_all,
+                                  metrics, plot_rows)
 from slmops.report.run import git_revision, render
-from slmops.teacher.endpoint import Requests, Settings, served_endpoint
-from slmops.teacher.local import load_teacher
+from slmops.teacher.endpoint import served_endpoint
 
-TORCH_VARIANTS = {"teacher": Path("models/teacher"), "student": Path("models/student"),
-                  "finetuned": Path("models/finetuned")}
-ONNX = Path("models/onnx")
+MODELS = {"teacher": Path("models/teacher"), "student": Path("models/student"), "finetuned": Path("models/finetuned"),
+          "quantized": Path("models/onnx")}
 REPORTS = Path("reports")
+
+
+def variants_for(params: Params) -> list[Variant]:
+    """teacher, student, finetuned, quantized: the models the pipeline built (an endpoint teacher as such)."""
+    for folder in MODELS.values():  # models/teacher holds an endpoint teacher's record
+        if not folder.is_dir():
+            raise InputError(f"{folder}: model folder missing; run `dvc repro` to build it")
+    teacher = params.teacher
+    return [
+        EndpointVariant("teacher", served_endpoint(teacher), params.synthesize.requests, teacher.openai.response_format)
+        if teacher.backend == "openai" else TorchVariant("teacher", MODELS["teacher"]),
+        TorchVariant("student", MODELS["student"]),
+        TorchVariant("finetuned", MODELS["finetuned"]),
+        OnnxVariant("quantized", MODELS["quantized"], params.quantize.execution_provider, params.quantize.precision,
+                    source="finetuned"),
+    ]
 
 
 @exits_2_on_input_error
 def main() -> None:
     params = load_params()
-    evaluate, quantize = params["evaluate"], params["quantize"]
-    for folder in [*TORCH_VARIANTS.values(), ONNX]:  # models/teacher holds an endpoint teacher's record
-        if not folder.is_dir():
-            raise InputError(f"{folder}: model folder missing; run `dvc repro` to build it")
-    task = load_task(params["task"]["dir"])
-    rows = read_labelled(params["data"]["eval"], task)[: evaluate["limit"]]
-    config = GenerationConfig(**evaluate["generation"], seed=params["seed"])
-    speed = evaluate["speed"]
-    timed_rows = [rows[i % len(rows)] for i in range(speed["warmup"] + speed["repeats"])]
-    timed_chats = [task.messages(r["message"]) for r in timed_rows]
+    evaluate = params.evaluate
+    task = load_task(params.task.dir)
+    rows = read_labelled(params.data.eval, task)[: evaluate.limit]
+    timed = [rows[i % len(rows)] for i in range(evaluate.speed.warmup + evaluate.speed.repeats)]
+    work = Workload(task, rows, evaluate.generation, params.seed, [task.messages(r["message"]) for r in timed],
+                    evaluate.speed.warmup)
+    results = evaluate_all(variants_for(params), work)
 
-    variants, latencies = {}, {}
-    local = dict(TORCH_VARIANTS)
-    if params["teacher"]["backend"] == "openai":
-        del local["teacher"]
-        settings = Settings(max_tokens=config.max_new_tokens, seed=params["seed"],
-                            response_format=params["teacher"]["openai"]["response_format"])
-        figures, predictions, latencies["teacher"] = evaluate_endpoint(
-            served_endpoint(params["teacher"]), Requests(**params["synthesize"]["requests"]), task, rows, settings,
-            timed_chats, speed["warmup"])
-        variants["teacher"] = {"runtime": f"endpoint {params['teacher']['model']}", **figures}
-        write_jsonl(REPORTS / "predictions" / "teacher.jsonl", predictions)
-    for name, folder in local.items():
-        model, tokenizer = load_teacher(folder)[:2] if name == "teacher" else load_model_and_tokenizer(folder)
-        figures, predictions = evaluate_model(model, tokenizer, task, rows, config, name)
-        del model
-        timing = measure("torch", str(folder), timed_chats, speed["warmup"], config.max_new_tokens)
-        variants[name] = {"runtime": "PyTorch fp32", **figures, **size_on_disk(folder)}
-        latencies[name] = timing.pop("latencies_ms")
-        variants[name].update(timing)
-        write_jsonl(REPORTS / "predictions" / f"{name}.jsonl", predictions)
-
-    onnx_model = OnnxChatModel(ONNX, quantize["execution_provider"])
-    figures, predictions = evaluate_onnx(onnx_model, task, rows, config.max_new_tokens, "quantized")
-    timing = measure("onnx", str(ONNX), timed_chats, speed["warmup"], config.max_new_tokens,
-                     quantize["execution_provider"])
-    latencies["quantized"] = timing.pop("latencies_ms")
-    variants["quantized"] = {"runtime": f"onnxruntime-genai {quantize['precision']}", **figures, **timing,
-                             "parameters": variants["finetuned"]["parameters"], **size_on_disk(ONNX)}
-    write_jsonl(REPORTS / "predictions" / "quantized.jsonl", predictions)
-
-    results = metrics(variants)
-    accuracy_size, quantiles = plot_rows(variants, latencies)
+    figures = {name: result.figures for name, result in results.items()}
+    summary = metrics(figures)
+    accuracy_size, quantiles = plot_rows(figures, {name: result.latencies_ms for name, result in results.items()})
+    with atomic_dir(REPORTS / "predictions") as out:
+        for name, result in results.items():
+            write_jsonl(out / f"{name}.jsonl", result.predictions)
+    with atomic_dir(REPORTS / "plots" / "latency") as out:
+        for name, points in quantiles.items():
+            write_json(out / f"{name}.json", points)
     write_json(REPORTS / "plots" / "accuracy_size.json", accuracy_size)
-    for name, points in quantiles.items():
-        write_json(REPORTS / "plots" / "latency" / f"{name}.json", points)
-    atomic_write_text(REPORTS / "report.md", render(results, quantize, len(rows), git_revision()))
-    write_json(REPORTS / "metrics.json", results)
+    atomic_write_text(REPORTS / "report.md", render(summary, params.quantize.model_dump(), len(rows), git_revision()))
+    write_json(REPORTS / "metrics.json", summary)
 
 
 if __name__ == "__main__":

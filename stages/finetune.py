@@ -18,7 +18,7 @@ from slmops.core.params import load_params
 from slmops.core.task import load_task, read_labelled
 from slmops.train.data import sft_examples
 from slmops.train.lora import check_method_runs_here, load_base, merged_model, trainable_parameters, with_adapter
-from slmops.train.trainer import TrainConfig, train
+from slmops.train.trainer import train
 
 STUDENT = Path("models/student")
 OUT = Path("models/finetuned")
@@ -30,18 +30,17 @@ LIVE_DIR = Path("reports/train/finetune")
 @exits_2_on_input_error
 def main() -> None:
     params = load_params()
-    finetune = params["finetune"]
-    method = finetune["method"]
+    finetune = params.finetune
+    method = finetune.method
     check_method_runs_here(method)
-    task = load_task(params["task"]["dir"])
-    rows = read_labelled(params["data"]["labelled"], task)
+    task = load_task(params.task.dir)
+    rows = read_labelled(params.data.labelled, task)
     tokenizer = AutoTokenizer.from_pretrained(STUDENT)
-    set_seed(params["seed"])  # the adapter's initial weights are random
+    set_seed(params.seed)  # the adapter's initial weights are random
     base = load_base(STUDENT, method)
-    model = base if method == "none" else with_adapter(base, finetune["lora"])
+    model = base if method == "none" else with_adapter(base, finetune.lora)
     trainable, total = trainable_parameters(model)
-    stats = train(model, tokenizer, sft_examples(task, tokenizer, rows),
-                  TrainConfig(**finetune["train"], seed=params["seed"]), LIVE_DIR)
+    stats = train(model, tokenizer, sft_examples(task, tokenizer, rows), finetune.train, params.seed, LIVE_DIR)
     record = {**stats, "method": method, "trainable_parameters": trainable, "total_parameters": total}
     with atomic_dir(ADAPTER) as adapter, atomic_dir(OUT) as out:
         if method != "none":

@@ -10,7 +10,7 @@ A parity check against the PyTorch model on eval prompts must pass, or the stage
 
 from __future__ import annotations
 
-import sys
+import logging
 import tempfile
 import time
 from pathlib import Path
@@ -20,59 +20,40 @@ from slmops.core.files import atomic_dir, write_json
 from slmops.core.params import load_params
 from slmops.core.task import load_task, read_labelled
 from slmops.models.hf import load_model_and_tokenizer
-from slmops.onnx.export import (
-    folder_size,
-    keep_genai_files,
-    olive_workflow,
-    read_export_config,
-    require_local_model,
-    run_builder,
-    run_olive,
-    write_workflow,
-)
+from slmops.onnx.export import export, folder_size, require_local_model
 from slmops.onnx.parity import check_parity, parity_inputs
 from slmops.onnx.runtime import OnnxChatModel
 
 FINETUNED = Path("models/finetuned")
 OUT = Path("models/onnx")
 METRICS = Path("reports/quantize.json")
-# The saved workflow names repository-relative paths, so `olive run` works from any clone's root.
-OLIVE_RERUN = {"model_dir": "models/finetuned", "out_dir": "olive-output", "cache_dir": ".olive-cache"}
+log = logging.getLogger("stages.quantize")
 
 
 @exits_2_on_input_error
 def main() -> None:
     params = load_params()
-    quantize = params["quantize"]
-    config = read_export_config(quantize)
+    quantize = params.quantize
     require_local_model(FINETUNED)
-    task = load_task(params["task"]["dir"])
-    rows = read_labelled(params["data"]["eval"], task)[: quantize["parity"]["prompts"]]
+    task = load_task(params.task.dir)
+    rows = read_labelled(params.data.eval, task)[: quantize.parity.prompts]
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="quantize-") as scratch, atomic_dir(OUT) as out:
-        export = Path(scratch) / "export"
-        if quantize["engine"] == "builder":
-            run_builder(FINETUNED, export, config, Path(scratch))
-        else:
-            workflow = olive_workflow(str(FINETUNED.resolve()), str(export), str(Path(scratch) / "cache"), config)
-            write_workflow(Path(scratch) / "olive_config.json", workflow)
-            run_olive(Path(scratch) / "olive_config.json", export)
-            write_workflow(out / "olive_config.json", olive_workflow(**OLIVE_RERUN, config=config))
-        keep_genai_files(export, out)
+        export(FINETUNED, out, quantize, Path(scratch))
         export_seconds = time.perf_counter() - started
 
         torch_model, tokenizer = load_model_and_tokenizer(FINETUNED)
         prompts, answers = parity_inputs(torch_model, tokenizer, [task.messages(r["message"]) for r in rows],
-                                         params["evaluate"]["generation"]["max_new_tokens"])
-        parity = check_parity(torch_model, OnnxChatModel(out, config.execution_provider), prompts, answers)
-        print(f"parity: {parity}", file=sys.stderr)
-        failure = parity.failure(config.precision, quantize["parity"]["max_abs_logit_diff"],
-                                 quantize["parity"]["min_greedy_agreement"])
+                                         params.evaluate.generation.max_new_tokens)
+        parity = check_parity(torch_model, OnnxChatModel(out, quantize.execution_provider), prompts, answers)
+        log.info("parity: %s", parity)
+        failure = parity.failure(quantize.precision, quantize.parity.max_abs_logit_diff,
+                                 quantize.parity.min_greedy_agreement)
         if failure:
             raise SystemExit(f"quantize: parity check failed: {failure}")
         record = {
-            "engine": quantize["engine"], "precision": config.precision,
-            "execution_provider": config.execution_provider,
+            "engine": quantize.engine, "precision": quantize.precision,
+            "execution_provider": quantize.execution_provider,
             "export_seconds": round(export_seconds, 2),
             "size_bytes": folder_size(out),
             "parity": vars(parity),

@@ -18,9 +18,8 @@ from slmops.core.params import load_params
 from slmops.core.task import load_task, read_labelled
 from slmops.teacher.augment import swap_stated_values
 from slmops.teacher.bootstrap import bootstrap
-from slmops.teacher.endpoint import Endpoint, Requests, probe
+from slmops.teacher.endpoint import Endpoint, probe
 from slmops.teacher.local import IDENTITY_FILE, pin_hf
-from slmops.train.trainer import TrainConfig
 
 OUT = Path("models/teacher")
 METRICS = Path("reports/teacher.json")
@@ -37,23 +36,21 @@ def no_training_curves() -> None:
 @exits_2_on_input_error
 def main() -> None:
     params = load_params()
-    teacher = params["teacher"]
+    teacher = params.teacher
     with atomic_dir(OUT) as out:
-        if teacher["backend"] == "openai":
+        if teacher.backend == "openai":
             endpoint = Endpoint.from_params(teacher)
-            identity = {**endpoint.identity(), **probe(endpoint, Requests(**params["synthesize"]["requests"]))}
+            identity = {**endpoint.identity(), **probe(endpoint, params.synthesize.requests)}
             write_json(out / IDENTITY_FILE, identity)
             no_training_curves()
-        elif teacher["backend"] == "hf":
-            identity = pin_hf(teacher["model"], teacher["revision"], out)
+        elif teacher.backend == "hf":
+            identity = pin_hf(teacher.model, teacher.revision, out)
             no_training_curves()
         else:
-            task = load_task(params["task"]["dir"])
-            rows = read_labelled(params["data"]["labelled"], task)
-            boot = teacher["bootstrap"]
-            rows = swap_stated_values(rows, boot["augment_copies"], params["seed"])
-            train_config = TrainConfig(**boot["train"], seed=params["seed"])
-            identity = bootstrap(task, rows, boot["vocab_size"], boot["config"], train_config, out, LIVE_DIR)
+            task = load_task(params.task.dir)
+            rows = read_labelled(params.data.labelled, task)
+            rows = swap_stated_values(rows, teacher.bootstrap.augment_copies, params.seed)
+            identity = bootstrap(task, rows, teacher.bootstrap, params.seed, out, LIVE_DIR)
     write_json(METRICS, identity)
 
 

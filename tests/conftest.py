@@ -8,11 +8,24 @@ import pytest
 import torch
 
 from slmops.core.task import load_task, render_answer
+from slmops.core.params import parse_params
 from slmops.models.hf import build_llama, train_chat_tokenizer
 
 ROOT = Path(__file__).resolve().parent.parent
-TINY_LLAMA = {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "num_key_value_heads": 2,
-              "intermediate_size": 64, "max_position_embeddings": 256, "tie_word_embeddings": True}
+DEFAULT_PARAMS = parse_params((ROOT / "params.yaml").read_text(), check_paths=False)
+
+
+def default(section: str, **changes):
+    """A section of the shipped params.yaml (dotted path, e.g. "quantize" or "distill.kd") with `changes`,
+    validated like params.yaml."""
+    value = DEFAULT_PARAMS
+    for part in section.split("."):
+        value = getattr(value, part)
+    return type(value).model_validate({**value.model_dump(), **changes})
+
+
+TINY_LLAMA = default("student.config", hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                     num_key_value_heads=2, intermediate_size=64, max_position_embeddings=256, tie_word_embeddings=True)
 
 
 @pytest.fixture(scope="session")
@@ -46,8 +59,7 @@ def run_stage(cwd, stage):
 @pytest.fixture()
 def project(tmp_path, monkeypatch):
     """A copy of the project's params, schema and data in a temporary working directory."""
-    for name in ("params.yaml", "params.schema.json"):
-        shutil.copy(ROOT / name, tmp_path / name)
+    shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
     shutil.copytree(ROOT / "data", tmp_path / "data", ignore=shutil.ignore_patterns("synthetic"))
     monkeypatch.chdir(tmp_path)
     return tmp_path
@@ -66,13 +78,13 @@ def tiny_hf_dir(tokenizer, tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_onnx(tiny_hf_dir, tmp_path_factory):
     """The tiny model exported by the onnxruntime-genai builder: {precision: folder} for fp32 and int4."""
-    from slmops.onnx.export import ExportConfig, run_builder
+    from slmops.onnx.export import run_builder
 
     root = tmp_path_factory.mktemp("tiny-onnx")
     folders = {}
     for precision in ("fp32", "int4"):
         folders[precision] = root / precision
-        run_builder(tiny_hf_dir, folders[precision], ExportConfig(precision=precision), root)
+        run_builder(tiny_hf_dir, folders[precision], default("quantize", precision=precision), root)
     return folders
 
 

@@ -12,15 +12,14 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import ROOT
+from conftest import ROOT, default
 from fake_endpoint import FakeTeacher
 
+from slmops.core.config import GenerationSettings
 from slmops.core.errors import InputError
 from slmops.teacher.endpoint import (
     Endpoint,
-    Requests,
     ResponseCache,
-    Settings,
     Usage,
     cache_key,
     check_success_ratio,
@@ -63,17 +62,22 @@ def test_public_url_drops_credentials_query_and_fragment():
 def test_cache_key_changes_with_each_part_of_the_request():
     identity = {"base_url": "http://a/v1", "model": "m", "served_model": "m-1"}
     messages = [{"role": "user", "content": "hi"}]
-    key = cache_key(identity, Settings(max_tokens=8), messages)
-    assert key == cache_key(dict(identity), Settings(max_tokens=8), [dict(messages[0])])
-    assert key != cache_key({**identity, "served_model": "m-2"}, Settings(max_tokens=8), messages)
-    assert key != cache_key(identity, Settings(max_tokens=8, temperature=0.7), messages)
-    assert key != cache_key(identity, Settings(max_tokens=8), [{"role": "user", "content": "hi!"}])
+    key = cache_key(identity, GenerationSettings.greedy(8).openai_kwargs(), messages)
+    assert key == cache_key(dict(identity), GenerationSettings.greedy(8).openai_kwargs(), [dict(messages[0])])
+    assert key != cache_key({**identity, "served_model": "m-2"}, GenerationSettings.greedy(8).openai_kwargs(), messages)
+    assert key != cache_key(identity, GenerationSettings.at_temperature(8, 0.7).openai_kwargs(), messages)
+    assert key != cache_key(identity, GenerationSettings.greedy(8).openai_kwargs(), [{"role": "user", "content": "hi!"}])
 
 
 def test_settings_send_seed_and_json_mode_only_when_set():
-    assert Settings(max_tokens=5).request_kwargs() == {"max_tokens": 5, "temperature": 0.0, "top_p": 1.0}
-    kwargs = Settings(max_tokens=5, seed=3, response_format="json_object").request_kwargs()
+    assert GenerationSettings.greedy(5).openai_kwargs() == {"max_tokens": 5, "temperature": 0.0, "top_p": 1.0}
+    kwargs = GenerationSettings.greedy(5).openai_kwargs(seed=3, response_format="json_object")
     assert kwargs["seed"] == 3 and kwargs["response_format"] == {"type": "json_object"}
+    sampled = default("synthesize.generation", max_new_tokens=5, do_sample=True, temperature=0.7, top_p=0.9)
+    assert sampled.openai_kwargs() == {"max_tokens": 5, "temperature": 0.7, "top_p": 0.9}
+    assert sampled.hf_kwargs() == {"max_new_tokens": 5, "do_sample": True, "temperature": 0.7, "top_p": 0.9}
+    assert sampled.genai_search_options() == {"do_sample": True, "temperature": 0.7, "top_p": 0.9}
+    assert GenerationSettings.greedy(5).genai_search_options() == {"do_sample": False}
 
 
 def test_missing_key_variable_is_named_without_any_value(monkeypatch):
@@ -87,10 +91,10 @@ def test_answers_in_order_with_faults_retried_and_counted(teacher, task, rows, t
     faults = {0: ["429"], 1: ["500", "500"], 2: ["slow"], 3: ["malformed"], 4: ["drop"], 5: ["garbage", "500"]}
     for index, plan in faults.items():
         teacher.faults[rows[index]["message"]] = plan
-    requests = Requests(concurrency=8, timeout_s=0.75, max_retries=3, cache=str(tmp_path / "cache.sqlite"))
+    requests = default("synthesize.requests", concurrency=8, timeout_s=0.75, max_retries=3, cache=str(tmp_path / "cache.sqlite"))
     usage = Usage()
     start = time.perf_counter()
-    replies, failures = complete_all(endpoint_for(teacher), Settings(max_tokens=64), chats(task, rows), requests, usage)
+    replies, failures = complete_all(endpoint_for(teacher), GenerationSettings.greedy(64).openai_kwargs(), chats(task, rows), requests, usage)
     assert time.perf_counter() - start >= 1.0  # the 429 said Retry-After: 1
     assert failures == [None] * len(rows)
     assert [json.loads(r["content"]) for r in replies] == [r["label"] for r in rows]
@@ -101,25 +105,25 @@ def test_answers_in_order_with_faults_retried_and_counted(teacher, task, rows, t
 
 
 def test_a_cached_rerun_sends_nothing(teacher, task, rows, tmp_path):
-    requests = Requests(concurrency=4, cache=str(tmp_path / "cache.sqlite"))
-    first, _ = complete_all(endpoint_for(teacher), Settings(max_tokens=64), chats(task, rows), requests, Usage())
+    requests = default("synthesize.requests", concurrency=4, cache=str(tmp_path / "cache.sqlite"))
+    first, _ = complete_all(endpoint_for(teacher), GenerationSettings.greedy(64).openai_kwargs(), chats(task, rows), requests, Usage())
     sent = sum(teacher.attempts.values())
     usage = Usage()
-    second, _ = complete_all(endpoint_for(teacher), Settings(max_tokens=64), chats(task, rows), requests, usage)
+    second, _ = complete_all(endpoint_for(teacher), GenerationSettings.greedy(64).openai_kwargs(), chats(task, rows), requests, usage)
     assert second == first and sum(teacher.attempts.values()) == sent == len(rows)
     assert usage.cache_hits == len(rows) and usage.requests == 0 and usage.prompt_tokens == 0
     assert usage.dataset_prompt_tokens == sum(r["prompt_tokens"] for r in first)
     changed = endpoint_for(teacher, served_model="fake-teacher-2026-02")  # the provider swapped the model
-    complete_all(changed, Settings(max_tokens=64), chats(task, rows), requests, Usage())
+    complete_all(changed, GenerationSettings.greedy(64).openai_kwargs(), chats(task, rows), requests, Usage())
     assert sum(teacher.attempts.values()) == 2 * len(rows)
 
 
 def test_persistent_failures_are_reported_and_the_rest_kept(teacher, task, rows, tmp_path):
     for row in rows[:10]:
         teacher.faults[row["message"]] = ["500"] * 10
-    requests = Requests(concurrency=8, max_retries=1, min_success_ratio=0.9, cache=str(tmp_path / "cache.sqlite"))
+    requests = default("synthesize.requests", concurrency=8, max_retries=1, min_success_ratio=0.9, cache=str(tmp_path / "cache.sqlite"))
     usage = Usage()
-    replies, failures = complete_all(endpoint_for(teacher), Settings(max_tokens=64), chats(task, rows), requests, usage)
+    replies, failures = complete_all(endpoint_for(teacher), GenerationSettings.greedy(64).openai_kwargs(), chats(task, rows), requests, usage)
     assert failures[:10] == ["HTTP 500"] * 10 and failures[10:] == [None] * 50
     assert usage.failed == 10 and usage.failure_reasons == {"HTTP 500": 10} and usage.retries == 10
     with pytest.raises(InputError, match=r"10 of 60 teacher requests failed \(10 x HTTP 500\).*min_success_ratio is 0.9.*"
@@ -128,15 +132,15 @@ def test_persistent_failures_are_reported_and_the_rest_kept(teacher, task, rows,
     check_success_ratio(failures, 0.8, requests.cache)  # 50/60 is enough at 0.8
     teacher.faults.clear()
     before = sum(teacher.attempts.values())
-    replies, failures = complete_all(endpoint_for(teacher), Settings(max_tokens=64), chats(task, rows), requests, Usage())
+    replies, failures = complete_all(endpoint_for(teacher), GenerationSettings.greedy(64).openai_kwargs(), chats(task, rows), requests, Usage())
     assert sum(teacher.attempts.values()) - before == 10 and failures == [None] * 60
 
 
 def test_a_rejected_request_is_not_retried_and_its_reason_kept(teacher, task, rows, tmp_path):
     teacher.faults[rows[0]["message"]] = ["400"]
     usage = Usage()
-    _, failures = complete_all(endpoint_for(teacher), Settings(max_tokens=64), chats(task, rows[:3]),
-                               Requests(cache=str(tmp_path / "c.sqlite")), usage)
+    _, failures = complete_all(endpoint_for(teacher), GenerationSettings.greedy(64).openai_kwargs(), chats(task, rows[:3]),
+                               default("synthesize.requests", cache=str(tmp_path / "c.sqlite")), usage)
     assert failures[0] == "HTTP 400: response_format json_object is not supported" and failures[1:] == [None, None]
     assert teacher.attempts[rows[0]["message"]] == 1 and usage.retries == 0
 
@@ -152,7 +156,7 @@ def test_entra_id_sends_a_bearer_token_from_azure_identity(teacher, task, rows, 
 
     monkeypatch.setattr(azure.identity.aio, "DefaultAzureCredential", FakeCredential)
     endpoint = Endpoint(base_url=teacher.url, model="m", auth="entra_id")
-    complete_all(endpoint, Settings(max_tokens=8), chats(task, rows[:2]), Requests(cache=str(tmp_path / "c.sqlite")), Usage())
+    complete_all(endpoint, GenerationSettings.greedy(8).openai_kwargs(), chats(task, rows[:2]), default("synthesize.requests", cache=str(tmp_path / "c.sqlite")), Usage())
     assert teacher.authorizations == {"Bearer entra-token-123"}
 
 
@@ -160,18 +164,18 @@ def test_classic_azure_deployment_gets_its_url_and_api_key_header(teacher, task,
     monkeypatch.setenv("AZURE_TEACHER_KEY", FAKE_KEY)
     endpoint = Endpoint(base_url=teacher.url.removesuffix("/v1"), model="gpt-4o-teacher", api_version="2024-10-21",
                         api_key_env="AZURE_TEACHER_KEY")
-    replies, _ = complete_all(endpoint, Settings(max_tokens=64), chats(task, rows[:2]),
-                              Requests(cache=str(tmp_path / "c.sqlite")), Usage())
+    replies, _ = complete_all(endpoint, GenerationSettings.greedy(64).openai_kwargs(), chats(task, rows[:2]),
+                              default("synthesize.requests", cache=str(tmp_path / "c.sqlite")), Usage())
     assert teacher.paths == ["/openai/deployments/gpt-4o-teacher/chat/completions?api-version=2024-10-21"] * 2
     assert teacher.authorizations == {FAKE_KEY}  # sent as the api-key header
     assert json.loads(replies[0]["content"]) == rows[0]["label"]
 
 
 def test_probe_reports_the_served_model_and_names_an_unreachable_endpoint(teacher):
-    assert probe(endpoint_for(teacher), Requests()) == {"served_model": "fake-teacher-2026-01"}
+    assert probe(endpoint_for(teacher), default("synthesize.requests")) == {"served_model": "fake-teacher-2026-01"}
     gone = Endpoint(base_url="http://127.0.0.1:9/v1", model="m", auth="none")
     with pytest.raises(InputError, match=r"teacher endpoint http://127.0.0.1:9/v1 \(model m\) did not answer: connection failed"):
-        probe(gone, Requests(max_retries=0, timeout_s=2))
+        probe(gone, default("synthesize.requests", max_retries=0, timeout_s=2))
 
 
 def test_cache_survives_a_reopen(tmp_path):
@@ -199,7 +203,7 @@ def test_written_prompts_are_asked_for_with_seed_examples_and_deduplicated():
         asked.extend(chats)
         return ["1. I want to return the lamp I bought.\n2. the blender is broken!", None]  # one request failed
 
-    generate = {"requests": 2, "prompts_per_request": 4, "examples": 3, "max_similarity": 0.7}
+    generate = default("synthesize.generate", requests=2, prompts_per_request=4, examples=3, max_similarity=0.7)
     rows, stats = write_new_prompts(answer_all, generate, seeds, seeds, seed=1)
     assert rows == [{"id": "written-00000", "message": "I want to return the lamp I bought."}]
     assert stats == {"requests": 2, "written": 2, "near_duplicates_dropped": 1, "kept": 1}
@@ -359,8 +363,7 @@ def test_kill_9_mid_run_then_rerun_gives_the_uninterrupted_dataset(project, teac
 
     uninterrupted = tmp_path / "uninterrupted"
     uninterrupted.mkdir()
-    for name in ("params.yaml", "params.schema.json"):
-        (uninterrupted / name).write_text((project / name).read_text())
+    (uninterrupted / "params.yaml").write_text((project / "params.yaml").read_text())
     shutil.copytree(project / "data", uninterrupted / "data", ignore=shutil.ignore_patterns("synthetic"))
     for name in ("teacher", "endpoint", "synthesize"):
         assert stage(uninterrupted, name).returncode == 0
@@ -386,10 +389,10 @@ def test_against_slmops_serve(task, rows, tiny_onnx, tmp_path):
     try:
         url = process.stdout.readline().split()[-1]
         endpoint = Endpoint(base_url=url, model="int4", auth="none")
-        assert probe(endpoint, Requests()) == {"served_model": "int4"}
+        assert probe(endpoint, default("synthesize.requests")) == {"served_model": "int4"}
         usage = Usage()
-        replies, failures = complete_all(endpoint, Settings(max_tokens=6), chats(task, rows[:8]),
-                                         Requests(concurrency=4, cache=str(tmp_path / "c.sqlite")), usage)
+        replies, failures = complete_all(endpoint, GenerationSettings.greedy(6).openai_kwargs(), chats(task, rows[:8]),
+                                         default("synthesize.requests", concurrency=4, cache=str(tmp_path / "c.sqlite")), usage)
     finally:
         process.terminate()
         process.wait(timeout=10)

@@ -3,11 +3,10 @@
 import json
 
 import pytest
-from conftest import ROOT, run_stage
+from conftest import ROOT, default, run_stage
 
 from slmops.eval.benchmark import Timing, measure, summarize
-from slmops.eval.evaluate import evaluate_model, evaluate_onnx, metrics, plot_rows, retention, size_on_disk
-from slmops.models.generate import GenerationConfig
+from slmops.eval.evaluate import metrics, plot_rows, retention, score_onnx, score_torch, size_on_disk
 from slmops.models.hf import load_model_and_tokenizer
 from slmops.onnx.runtime import OnnxChatModel, TimedAnswer
 from slmops.report.run import render
@@ -21,7 +20,7 @@ class ScriptedModel:
     def __init__(self, texts):
         self.texts = iter(texts)
 
-    def answer(self, messages, max_new_tokens):
+    def answer(self, messages, max_new_tokens, search_options=None):
         return TimedAnswer(next(self.texts), 10, 0.01, 0.001)
 
 
@@ -33,7 +32,8 @@ def test_accuracy_figures_match_hand_computed_values(task):
         "this is not JSON",                                 # invalid
         json.dumps({"intent": "cancel_order"}),             # JSON, but misses required keys
     ]
-    figures, predictions = evaluate_onnx(ScriptedModel(answers), task, rows, 16, "scripted")
+    figures, predictions = score_onnx(ScriptedModel(answers), task, rows, default("evaluate.generation", max_new_tokens=16),
+                                     "scripted")
     assert figures["exact_match"] == 1 / 4
     assert figures["json_valid"] == 3 / 4
     assert figures["schema_valid"] == 2 / 4
@@ -103,8 +103,9 @@ def test_size_on_disk_counts_weights_and_skips_pipeline_records(tmp_path):
 def test_onnx_fp32_answers_like_pytorch(task, tiny_hf_dir, tiny_onnx):
     rows = [json.loads(line) for line in (ROOT / "data/eval/eval.jsonl").read_text().splitlines()[:3]]
     model, tokenizer = load_model_and_tokenizer(tiny_hf_dir)
-    torch_figures, torch_predictions = evaluate_model(model, tokenizer, task, rows, GenerationConfig(max_new_tokens=12), "t")
-    onnx_figures, onnx_predictions = evaluate_onnx(OnnxChatModel(tiny_onnx["fp32"]), task, rows, 12, "o")
+    settings = default("evaluate.generation", max_new_tokens=12)
+    torch_figures, torch_predictions = score_torch(model, tokenizer, task, rows, settings, 0, "t")
+    onnx_figures, onnx_predictions = score_onnx(OnnxChatModel(tiny_onnx["fp32"]), task, rows, settings, "o")
     assert [p["answer"] for p in onnx_predictions] == [p["answer"] for p in torch_predictions]
     assert torch_figures["parameters"] > 0
 

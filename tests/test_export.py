@@ -6,10 +6,10 @@ import onnx
 import pytest
 import torch
 import yaml
-from conftest import TINY_LLAMA, run_stage
+from conftest import TINY_LLAMA, default, run_stage
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from slmops.onnx.export import ExportConfig, builder_options, olive_workflow, run_builder, run_olive, write_workflow
+from slmops.onnx.export import builder_options, olive_workflow, run_builder, run_olive, write_workflow
 from slmops.onnx.parity import Parity, check_parity
 from slmops.onnx.runtime import OnnxChatModel
 
@@ -41,7 +41,7 @@ def test_int4_export_is_smaller_and_keeps_greedy_tokens(tiny_hf_dir, tiny_onnx, 
 
 
 def test_int8_quantizes_matmuls_to_8_bits(tiny_hf_dir, tmp_path, tokenizer):
-    run_builder(tiny_hf_dir, tmp_path / "int8", ExportConfig(precision="int8", block_size=16), tmp_path)
+    run_builder(tiny_hf_dir, tmp_path / "int8", default("quantize", precision="int8", block_size=16), tmp_path)
     nodes = [n for n in onnx.load(str(tmp_path / "int8/model.onnx")).graph.node if n.op_type == "MatMulNBits"]
     assert nodes and all({a.name: a.i for a in n.attribute}["bits"] == 8 for n in nodes)
     assert all({a.name: a.i for a in n.attribute}["block_size"] == 16 for n in nodes)
@@ -52,12 +52,12 @@ def test_int8_quantizes_matmuls_to_8_bits(tiny_hf_dir, tmp_path, tokenizer):
 def test_parity_check_catches_the_builders_lm_head_misdetection(tokenizer, tmp_path):
     """An MLP as wide as the vocabulary: the builder takes it for the LM head and exports wrong logits."""
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tokenizer), **{**TINY_LLAMA, "intermediate_size": len(tokenizer)},
+    config = LlamaConfig(vocab_size=len(tokenizer), **{**TINY_LLAMA.model_dump(), "intermediate_size": len(tokenizer)},
                          pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
     model = LlamaForCausalLM(config)
     model.save_pretrained(tmp_path / "hf")
     tokenizer.save_pretrained(tmp_path / "hf")
-    run_builder(tmp_path / "hf", tmp_path / "onnx", ExportConfig(precision="fp32"), tmp_path)
+    run_builder(tmp_path / "hf", tmp_path / "onnx", default("quantize", precision="fp32"), tmp_path)
     parity = check_parity(model, OnnxChatModel(tmp_path / "onnx"), *prompt_and_answer(tokenizer))
     failure = parity.failure("fp32", 1e-3, 0.9)
     assert failure is not None
@@ -74,16 +74,16 @@ def test_parity_failure_messages_name_the_figures():
 
 
 def test_builder_options_follow_params():
-    config = ExportConfig(precision="int4", block_size=64, symmetric=False, accuracy_level=2, embeddings=False)
+    config = default("quantize", precision="int4", block_size=64, symmetric=False, accuracy_level=2, embeddings=False)
     assert builder_options(config, tied_embeddings=True) == {
         "int4_block_size": "64", "int4_is_symmetric": "false", "int4_accuracy_level": "2"}
-    shared = builder_options(ExportConfig(precision="int4"), tied_embeddings=True)
+    shared = builder_options(default("quantize", precision="int4"), tied_embeddings=True)
     assert shared["int4_op_types_to_quantize"] == "MatMul/Gather" and shared["shared_embeddings"] == "true"
-    assert builder_options(ExportConfig(precision="fp16"), tied_embeddings=True) == {}
+    assert builder_options(default("quantize", precision="fp16"), tied_embeddings=True) == {}
 
 
 def test_olive_workflow_int8_keeps_the_logits_output(tiny_hf_dir):
-    workflow = olive_workflow(str(tiny_hf_dir), "/out", "/cache", ExportConfig(precision="int8", block_size=32))
+    workflow = olive_workflow(str(tiny_hf_dir), "/out", "/cache", default("quantize", precision="int8", block_size=32))
     assert workflow["passes"]["build"] == {"type": "ModelBuilder", "precision": "fp32"}
     rtn = workflow["passes"]["int8"]
     assert rtn["type"] == "OnnxBlockWiseRtnQuantization" and rtn["bits"] == 8
@@ -93,7 +93,7 @@ def test_olive_workflow_int8_keeps_the_logits_output(tiny_hf_dir):
 
 def test_olive_engine_exports_a_model_genai_runs(tiny_hf_dir, tmp_path):
     out = tmp_path / "olive-out"
-    workflow = olive_workflow(str(tiny_hf_dir), str(out), str(tmp_path / "cache"), ExportConfig(precision="int4"))
+    workflow = olive_workflow(str(tiny_hf_dir), str(out), str(tmp_path / "cache"), default("quantize", precision="int4"))
     write_workflow(tmp_path / "olive.json", workflow)
     run_olive(tmp_path / "olive.json", out)
     answer = OnnxChatModel(out).answer([{"role": "user", "content": "hello"}], 8)

@@ -1,10 +1,11 @@
 import pytest
 import torch
+from conftest import default
 
 from slmops.core.errors import InputError
 from slmops.train.lora import check_method_runs_here, merged_model, trainable_parameters, with_adapter
 
-LORA = {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]}
+LORA = default("finetune.lora", r=4, alpha=8, dropout=0.0, target_modules=["q_proj", "v_proj"])
 
 
 def test_qlora_on_a_cpu_fails_at_once_with_the_reason(monkeypatch):
@@ -34,4 +35,4 @@ def test_lora_trains_only_the_adapter_and_merges_back(tiny_model, tokenizer, tmp
 
 def test_unknown_target_module_is_named(tiny_model):
     with pytest.raises(InputError, match="finetune.lora.target_modules: qkv_proj not in the model"):
-        with_adapter(tiny_model, {**LORA, "target_modules": ["q_proj", "qkv_proj"]})
+        with_adapter(tiny_model, LORA.model_copy(update={"target_modules": ["q_proj", "qkv_proj"]}))

@@ -38,7 +38,7 @@ def test_fingerprint_tells_tokenizers_apart(tokenizer, labelled):
 
 def test_build_llama_refuses_a_width_equal_to_the_vocabulary(tokenizer):
     with pytest.raises(InputError, match=f"intermediate_size equals the vocabulary size \\({len(tokenizer)}\\)"):
-        build_llama({**TINY_LLAMA, "intermediate_size": len(tokenizer)}, tokenizer)
+        build_llama(TINY_LLAMA.model_copy(update={"intermediate_size": len(tokenizer)}), tokenizer)
 
 
 def test_saved_model_loads_from_a_local_folder_and_hashes_stably(tiny_model, tokenizer, tmp_path):

@@ -5,12 +5,12 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT, run_stage
+from conftest import DEFAULT_PARAMS, ROOT, run_stage
 
 from slmops.core.errors import InputError
 from slmops.foundry.package import inference_model, sha256, task_record, write_manifest
 from slmops.foundry.verify import check_manifest
-from slmops.onnx.export import keep_genai_files
+from slmops.onnx.export import copy_genai_files
 from slmops.onnx.runtime import OnnxChatModel
 from slmops.report.card import model_card
 
@@ -20,7 +20,7 @@ SLMOPS = [sys.executable, "-m", "slmops.cli"]
 @pytest.fixture()
 def package(tiny_onnx, task, tmp_path):
     folder = tmp_path / "tiny-slm"
-    keep_genai_files(tiny_onnx["int4"], folder)
+    copy_genai_files(tiny_onnx["int4"], folder)
     (folder / "inference_model.json").write_text(json.dumps(inference_model("tiny-slm", OnnxChatModel(folder))))
     (folder / "task.json").write_text(json.dumps(task_record(task)))
     write_manifest(folder, "tiny-slm", 3)
@@ -110,10 +110,7 @@ def test_chat_on_a_folder_without_a_model(tmp_path):
 
 
 def test_model_card_names_what_made_the_model(task):
-    params = {"seed": 42, "data": {"labelled": "data/seed/labelled.jsonl", "eval": "data/eval/eval.jsonl"},
-              "teacher": {"backend": "bootstrap"}, "synthesize": {"limit": None}, "student": {"model": None},
-              "distill": {"kd": {"alpha": 0.5}}, "finetune": {"method": "lora"},
-              "quantize": {"precision": "int4", "execution_provider": "cpu"}}
+    params = DEFAULT_PARAMS
     row = {"runtime": "r", "parameters": 1000, "size_mb": 1.0, "weights_mb": 0.5, "exact_match": 0.9,
            "schema_valid": 1.0, "json_valid": 1.0, "latency_p50_ms": 1.0, "latency_p90_ms": 1.0,
            "latency_p95_ms": 1.0, "ttft_p50_ms": 1.0, "decode_tokens_per_s": 10.0, "peak_rss_mb": 50.0, "n": 300}

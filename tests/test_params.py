@@ -15,21 +15,26 @@ def write_params(project, edit):
 
 def test_default_params_are_valid(project):
     params = load_params()
-    assert params["teacher"]["backend"] == "bootstrap"
+    assert params.teacher.backend == "bootstrap" and params.distill.train.learning_rate == 0.005
 
 
 @pytest.mark.parametrize("edit, message", [
     (lambda p: p["finetune"]["lora"].update(rank=8), "unknown key finetune.lora.rank; allowed here: alpha, dropout, r, target_modules"),
     (lambda p: p.update(typo_section={}), "unknown key typo_section"),
-    (lambda p: p["finetune"]["lora"].update(r="eight"), "finetune.lora.r: 'eight' is not of type 'integer' (Rank of the update matrices.)"),
-    (lambda p: p["finetune"]["lora"].update(r=0), "finetune.lora.r: 0 is less than the minimum of 1"),
-    (lambda p: p["distill"]["kd"].update(alpha=1.5), "distill.kd.alpha: 1.5 is greater than the maximum of 1"),
-    (lambda p: p["distill"]["kd"].update(loss="kl"), "distill.kd.loss: 'kl' is not one of ['forward_kl', 'reverse_kl', 'jsd']"),
-    (lambda p: p["finetune"].update(method="dora"), "finetune.method: 'dora' is not one of ['lora', 'qlora', 'none']"),
-    (lambda p: p["distill"]["train"].pop("epochs"), "distill.train: 'epochs' is a required property"),
-    (lambda p: p["teacher"].update(backend="hf"), "teacher.model: None is not of type 'string'"),
+    (lambda p: p["finetune"]["lora"].update(r="eight"), "finetune.lora.r: 'eight': Input should be a valid integer (Rank of the update matrices.)"),
+    (lambda p: p["finetune"]["lora"].update(r=0), "finetune.lora.r: Input should be greater than or equal to 1"),
+    (lambda p: p["finetune"]["lora"].update(r=True), "finetune.lora.r: True: Input should be a valid integer"),
+    (lambda p: p["distill"]["kd"].update(alpha=1.5), "distill.kd.alpha: Input should be less than or equal to 1"),
+    (lambda p: p["distill"]["kd"].update(loss="kl"), "distill.kd.loss: 'kl': Input should be 'forward_kl', 'reverse_kl' or 'jsd'"),
+    (lambda p: p["finetune"].update(method="dora"), "finetune.method: 'dora': Input should be 'lora', 'qlora' or 'none'"),
+    (lambda p: p["distill"]["train"].pop("epochs"), "distill.train.epochs: missing"),
+    (lambda p: p["teacher"].update(backend="hf"), "teacher: model must name the model (a folder, hub id or deployment) with backend hf"),
     (lambda p: p["data"].update(eval="data/eval/missing.jsonl"), "data.eval: 'data/eval/missing.jsonl' does not exist"),
-    (lambda p: p["synthesize"].update(logprobs_top_k=-1), "synthesize.logprobs_top_k: -1 is less than the minimum of 0"),
+    (lambda p: p["synthesize"].update(logprobs_top_k=-1), "synthesize.logprobs_top_k: Input should be greater than or equal to 0"),
+    (lambda p: p["student"]["config"].update(hidden_size=66), "student.config: num_attention_heads (4) must divide hidden_size (66)"),
+    (lambda p: p["gates"].update(accuracy={"max_regression": 0.1}), "gates.accuracy: 'accuracy': Input should be 'size_mb'"),
+    (lambda p: p["gates"].update(size_mb={"max_regression": 1, "max_regression_pct": 5}), "gates.size_mb: give exactly one of max_regression, max_regression_pct"),
+    (lambda p: p["finetune"]["lora"].update(target_modules="q_proj"), "finetune.lora.target_modules: 'q_proj': Input should be a valid list"),
 ])
 def test_bad_params_name_the_key_and_what_is_allowed(project, edit, message):
     write_params(project, edit)
@@ -45,7 +50,7 @@ def test_every_problem_is_reported_at_once(project):
     write_params(project, edit)
     with pytest.raises(InputError) as err:
         load_params()
-    assert "seed: 'x' is not of type 'integer'" in str(err.value)
+    assert "seed: 'x': Input should be a valid integer" in str(err.value)
     assert "distill.kd.loss" in str(err.value)
 
 
@@ -55,21 +60,60 @@ def test_malformed_yaml_is_an_input_error(project):
         load_params()
 
 
+def test_params_are_read_as_dvc_reads_them(project):
+    """YAML 1.2 (ruamel.yaml, DVC's loader): 5e-3 is a number; an unquoted date is refused with a hint to quote it."""
+    text = (project / "params.yaml").read_text()
+    assert "learning_rate: 0.005" in text
+    (project / "params.yaml").write_text(text.replace("learning_rate: 0.005", "learning_rate: 5e-3"))
+    assert load_params().distill.train.learning_rate == 0.005
+    from dvc.repo import Repo
+
+    assert Repo.init(project, no_scm=True).params.show()[""]["data"]["params.yaml"]["data"]["distill"]["train"][
+        "learning_rate"] == 0.005
+    (project / "params.yaml").write_text(text.replace("api_version: null", "api_version: 2024-10-21"))
+    with pytest.raises(InputError) as err:
+        load_params()
+    assert "teacher.openai.api_version: 2024-10-21 is read by YAML as a date; quote it: '2024-10-21'" in str(err.value)
+    (project / "params.yaml").write_text(text.replace("api_version: null", "api_version: '2024-10-21'"))
+    assert load_params().teacher.openai.api_version == "2024-10-21"
+
+
 def test_validate_command_exit_codes(project, capsys):
     assert slmops(["validate"]) == 0
     write_params(project, lambda p: p["distill"]["kd"].update(temperature=0))
     assert slmops(["validate"]) == 2
-    assert "distill.kd.temperature: 0 is less than or equal to the minimum of 0" in capsys.readouterr().err
+    assert "distill.kd.temperature: Input should be greater than 0" in capsys.readouterr().err
 
 
-def test_every_schema_key_has_a_description():
+def test_validate_works_outside_the_repository(tmp_path, monkeypatch):
+    """The schema ships inside the package: validation needs no file of the repository but params.yaml."""
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["task"]["dir"] = str(ROOT / "data/task")
+    params["data"] = {k: str(ROOT / v) for k, v in params["data"].items()}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    monkeypatch.chdir(tmp_path)
+    assert slmops(["validate"]) == 0
+
+
+def test_the_committed_schema_is_generated_from_the_params_types():
+    from slmops.core.config import SCHEMA_PATH, json_schema
+
+    assert SCHEMA_PATH.read_text() == json_schema(), "stale schema: run `python -m slmops.core.config`"
+
+
+def test_every_params_key_has_a_description():
     import json
 
-    def walk(schema, path):
-        for key, sub in schema.get("properties", {}).items():
+    from slmops.core.config import SCHEMA_PATH
+
+    schema = json.loads(SCHEMA_PATH.read_text())
+
+    def walk(node, path):
+        for key, sub in node.get("properties", {}).items():
             assert sub.get("description"), f"{path}{key} has no description"
-            walk(sub, f"{path}{key}.")
-    walk(json.loads((ROOT / "params.schema.json").read_text()), "")
+            ref = sub.get("$ref") or next((s["$ref"] for s in sub.get("anyOf", []) if "$ref" in s), None)
+            walk(schema["$defs"][ref.split("/")[-1]] if ref else sub, f"{path}{key}.")
+    walk(schema, "")
 
 
 @pytest.mark.parametrize("stage", ["teacher", "synthesize", "distill", "finetune", "evaluate"])

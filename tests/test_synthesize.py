@@ -2,14 +2,15 @@ import json
 
 import numpy as np
 import pytest
+from conftest import default
 
 from slmops.core.errors import InputError
 from slmops.core.task import render_answer
-from slmops.models.generate import Answer, GenerationConfig, generate_answers
+from slmops.models.generate import Answer, generate_answers
 from slmops.models.hf import tokenizer_fingerprint
 from slmops.teacher import labelling as synthesize
 from slmops.train.data import IGNORE
-from slmops.train.logprobs import Store
+from slmops.train.logprobs import LogProbReader
 from slmops.train.student import distillation_examples, use_logit_kd
 
 GOOD = {"intent": "order_status", "order_id": None, "product": "laptop", "urgency": "low", "sentiment": "neutral"}
@@ -30,7 +31,8 @@ def test_malformed_teacher_answers_are_rejected_with_reasons(monkeypatch, tokeni
     answers[3].finished = False
     monkeypatch.setattr(synthesize, "generate_answers", lambda *a, **k: answers)
     prompts = [{"id": f"p{i}", "message": f"message {i}"} for i in range(4)]
-    accepted, rejected, kept, stats = synthesize.label_prompts(None, tokenizer, task, prompts, GenerationConfig(max_new_tokens=40), 3)
+    teacher = synthesize.LocalTeacher(None, tokenizer, {"backend": "test"}, seed=0, logprobs_top_k=3)
+    accepted, rejected, stats = teacher.label(task, prompts, default("synthesize.generation", max_new_tokens=40))
     assert [r["id"] for r in accepted] == ["p0"] and accepted[0]["label"] == GOOD
     reasons = {r["id"]: r["reason"] for r in rejected}
     assert reasons["p1"].startswith("not valid JSON")
@@ -38,9 +40,9 @@ def test_malformed_teacher_answers_are_rejected_with_reasons(monkeypatch, tokeni
     assert reasons["p3"] == "no end token within 40 new tokens"
     assert stats["accepted"] == 1 and stats["rejected"] == 3 and stats["reject_rate"] == 0.75
 
-    synthesize.write_synthetic(tmp_path, accepted, rejected, kept, tokenizer, 3, {"backend": "test"})
+    teacher.save(tmp_path, accepted, rejected)
     rows = [json.loads(line) for line in (tmp_path / "accepted.jsonl").read_text().splitlines()]
-    store = Store(tmp_path)
+    store = LogProbReader(tmp_path)
     tokens, topk_ids, topk_logprobs = store.record(rows[0]["token_offset"], rows[0]["token_count"])
     assert tokens == answers[0].token_ids
     assert topk_ids.shape == (len(tokens), 3) and topk_logprobs.dtype == np.float32
@@ -56,7 +58,7 @@ def test_malformed_teacher_answers_are_rejected_with_reasons(monkeypatch, tokeni
 
 def test_batched_generation_with_logprobs(tiny_model, tokenizer, task):
     chats = [task.messages("where is my laptop"), task.messages("refund please, order ORD-12, this is urgent")]
-    config = GenerationConfig(max_new_tokens=6, batch_size=2)
+    config = default("synthesize.generation", max_new_tokens=6, batch_size=2)
     answers = generate_answers(tiny_model.eval(), tokenizer, chats, config, top_k_logprobs=4)
     assert len(answers) == 2
     for answer in answers:
@@ -66,20 +68,20 @@ def test_batched_generation_with_logprobs(tiny_model, tokenizer, task):
         assert answer.topk_ids[:, 0].tolist() == answer.token_ids
         assert (np.diff(answer.topk_logprobs.astype(np.float32), axis=1) <= 0).all()
     # batching does not change greedy answers
-    alone = generate_answers(tiny_model, tokenizer, chats[:1], GenerationConfig(max_new_tokens=6, batch_size=1))
+    alone = generate_answers(tiny_model, tokenizer, chats[:1], default("synthesize.generation", max_new_tokens=6, batch_size=1))
     assert alone[0].token_ids == answers[0].token_ids
 
 
 def test_kd_needs_logprobs_and_a_shared_tokenizer(tokenizer, labelled):
     from slmops.models.hf import train_chat_tokenizer
 
-    kd = {"alpha": 0.5, "on_tokenizer_mismatch": "error"}
+    kd = default("distill.kd", alpha=0.5, on_tokenizer_mismatch="error")
     meta = {"logprobs_top_k": 4, "tokenizer_sha256": tokenizer_fingerprint(tokenizer)}
     assert use_logit_kd(kd, meta, tokenizer) is True
-    assert use_logit_kd({**kd, "alpha": 1.0}, meta, tokenizer) is False
+    assert use_logit_kd(kd.model_copy(update={"alpha": 1.0}), meta, tokenizer) is False
     with pytest.raises(InputError, match="synthesize.logprobs_top_k is 0"):
         use_logit_kd(kd, {**meta, "logprobs_top_k": 0}, tokenizer)
     other = train_chat_tokenizer([r["message"] for r in labelled[:50]], 320)
     with pytest.raises(InputError, match="student and teacher tokenizers differ"):
         use_logit_kd(kd, meta, other)
-    assert use_logit_kd({**kd, "on_tokenizer_mismatch": "ce_only"}, meta, other) is False
+    assert use_logit_kd(kd.model_copy(update={"on_tokenizer_mismatch": "ce_only"}), meta, other) is False

@@ -1,9 +1,10 @@
 import numpy as np
 import torch
+from conftest import default
 
 from slmops.core.task import render_answer
 from slmops.train.data import IGNORE, Collator, attach_teacher_logprobs, encode_chat
-from slmops.train.trainer import DistillationTrainer, KDConfig, TrainConfig, train
+from slmops.train.trainer import DistillationTrainer, train
 
 
 def test_encode_chat_masks_the_prompt_and_keeps_the_answer(tokenizer, task, labelled):
@@ -46,8 +47,8 @@ def test_training_lowers_the_loss_with_and_without_kd(tiny_model, tokenizer, tas
         return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), batch["labels"][:, 1:].reshape(-1), ignore_index=IGNORE).item()
 
     before = loss_of(tiny_model)
-    config = TrainConfig(epochs=3, batch_size=8, learning_rate=1e-2, seed=0, logging_steps=2)
-    stats = train(tiny_model, tokenizer, examples, config, tmp_path / "live")
+    config = default("distill.train", epochs=3, batch_size=8, learning_rate=1e-2, warmup_ratio=0.0)
+    stats = train(tiny_model, tokenizer, examples, config, 0, tmp_path / "live")
     assert stats["steps"] == 12
     assert loss_of(tiny_model) < before - 1.0
     assert (tmp_path / "live" / "plots" / "metrics" / "train" / "loss.tsv").is_file()
@@ -60,8 +61,8 @@ def test_training_lowers_the_loss_with_and_without_kd(tiny_model, tokenizer, tas
         ids = np.array([[t] + [0, 1, 2][:k - 1] for t in answer])
         logprobs = np.tile(np.log(np.array([0.97, 0.01, 0.01, 0.01])), (n_answer, 1))
         with_kd.append(attach_teacher_logprobs(ex, ids, logprobs))
-    kd_stats = train(tiny_model, tokenizer, with_kd, config, tmp_path / "live-kd",
-                     kd=KDConfig(alpha=0.5, loss="jsd", temperature=2.0, beta=0.5))
+    kd_stats = train(tiny_model, tokenizer, with_kd, config, 0, tmp_path / "live-kd",
+                     kd=default("distill.kd", alpha=0.5, loss="jsd", temperature=2.0, beta=0.5))
     assert np.isfinite(kd_stats["train_loss"])
 
 
@@ -72,10 +73,10 @@ def test_distillation_loss_mixes_ce_and_kd(tiny_model, tokenizer, task):
     trainer = DistillationTrainer.__new__(DistillationTrainer)
     trainer.kd = None
     ce = trainer.compute_loss(tiny_model, dict(batch)).item()
-    trainer.kd = KDConfig(alpha=1.0, loss="forward_kl", temperature=2.0)
+    trainer.kd = default("distill.kd", alpha=1.0, loss="forward_kl", temperature=2.0)
     assert trainer.compute_loss(tiny_model, dict(batch)).item() == ce
-    trainer.kd = KDConfig(alpha=0.0, loss="forward_kl", temperature=2.0)
+    trainer.kd = default("distill.kd", alpha=0.0, loss="forward_kl", temperature=2.0)
     kd_only = trainer.compute_loss(tiny_model, dict(batch)).item()
-    trainer.kd = KDConfig(alpha=0.25, loss="forward_kl", temperature=2.0)
+    trainer.kd = default("distill.kd", alpha=0.25, loss="forward_kl", temperature=2.0)
     mixed = trainer.compute_loss(tiny_model, dict(batch)).item()
     assert mixed == __import__("pytest").approx(0.25 * ce + 0.75 * kd_only, rel=1e-5)

@@ -1,71 +1,111 @@
-"""Load params.yaml and validate it against params.schema.json before any stage does work."""
+"""Read params.yaml the way DVC reads it, and validate it against the typed sections of slmops.core.config.
+
+DVC parses params.yaml with ruamel.yaml's YAML 1.2 loader (dvc/utils/serialize/_yaml.py): `5e-3` is a
+number there (a string for PyYAML's YAML 1.1), so the pipeline uses the same loader and never disagrees
+with `dvc params diff`. A value YAML reads as a date (unquoted 2024-10-21) is refused: DVC cannot diff it.
+"""
 
 from __future__ import annotations
 
-import json
+import datetime
 from pathlib import Path
 
-import jsonschema
-import yaml
+from pydantic import BaseModel, ValidationError
+from ruamel.yaml import YAML
+from ruamel.yaml.error import YAMLError
 
+from slmops.core.config import Params
 from slmops.core.errors import InputError
 
-ROOT = Path(__file__).resolve().parent.parent
-SCHEMA_PATH = ROOT / "params.schema.json"
 # Keys whose value must name an existing file or folder, relative to the working directory.
 PATH_KEYS = ("task.dir", "data.labelled", "data.prompts", "data.eval")
 
 
-def _dotted(path) -> str:
-    return ".".join(str(p) for p in path) or "(top level)"
+def read_yaml(text: str, source: str):
+    """The YAML 1.2 document in `text` as plain dicts, lists and scalars; InputError naming `source` and the line."""
+    try:
+        return YAML(typ="safe", pure=True).load(text)
+    except YAMLError as err:
+        raise InputError(f"{source}: not valid YAML: {err}") from None
 
 
-def _describe(error: jsonschema.ValidationError) -> str:
-    where = _dotted(error.absolute_path)
-    if error.validator == "additionalProperties":
-        allowed = ", ".join(sorted(error.schema.get("properties", {})))
-        unknown = sorted(set(error.instance) - set(error.schema.get("properties", {})))
-        keys = ", ".join(f"{where}.{k}" if error.absolute_path else k for k in unknown)
-        return f"unknown key {keys}; allowed here: {allowed}"
-    if error.validator == "required":
-        return f"{where}: {error.message}"
-    description = error.schema.get("description")
+def _dates(tree, path: str = "") -> list[str]:
+    """Every value YAML turned into a date or timestamp, with its dotted key."""
+    if isinstance(tree, dict):
+        return [found for key, value in tree.items() for found in _dates(value, f"{path}{key}.")]
+    if isinstance(tree, list):
+        return [found for i, value in enumerate(tree) for found in _dates(value, f"{path}{i}.")]
+    if isinstance(tree, datetime.date):
+        return [f"{path.rstrip('.')}: {tree.isoformat()} is read by YAML as a date; quote it: '{tree.isoformat()}'"]
+    return []
+
+
+def _model_at(loc: tuple) -> type[BaseModel] | None:
+    """The section model at the dotted path `loc` (None past a leaf or an unknown key)."""
+    model = Params
+    for part in loc:
+        info = model.model_fields.get(part) if isinstance(part, str) else None
+        if info is None or not (isinstance(info.annotation, type) and issubclass(info.annotation, BaseModel)):
+            return None
+        model = info.annotation
+    return model
+
+
+def _description(loc: tuple) -> str | None:
+    holder = _model_at(loc[:-1])
+    info = holder.model_fields.get(loc[-1]) if holder is not None and loc and isinstance(loc[-1], str) else None
+    return info.description if info is not None else None
+
+
+def _describe(error: dict) -> str:
+    loc = tuple(p for p in error["loc"] if p != "[key]")
+    where = ".".join(map(str, loc)) or "(top level)"
+    if error["type"] == "extra_forbidden":
+        holder = _model_at(loc[:-1])
+        allowed = ", ".join(sorted(holder.model_fields)) if holder else "none"
+        return f"unknown key {where}; allowed here: {allowed}"
+    if error["type"] == "missing":
+        return f"{where}: missing (params.yaml holds every key; see params.schema.json)"
+    message = error["msg"].removeprefix("Value error, ")
+    description = _description(loc)
     hint = f" ({description})" if description else ""
-    return f"{where}: {error.message}{hint}"
+    if error["type"].endswith(("_type", "_parsing")) or error["type"] in ("literal_error", "enum"):
+        return f"{where}: {error['input']!r}: {message}{hint}"
+    return f"{where}: {message}{hint}"
 
 
-def validate(params: dict, source: str = "params.yaml", schema_path: Path = SCHEMA_PATH,
-             check_paths: bool = True) -> list[str]:
-    """Every problem with `params`, each naming its dotted key path; empty when valid.
+def parse_params(text: str, source: str = "params.yaml", check_paths: bool = True) -> Params:
+    """The validated params in the YAML `text`. InputError lists every problem, each naming its dotted key path.
 
     check_paths=False skips the files named in PATH_KEYS (params read at another git revision)."""
-    schema = json.loads(schema_path.read_text())
-    validator = jsonschema.Draft202012Validator(schema)
-    problems = [f"{source}: {_describe(e)}" for e in sorted(validator.iter_errors(params), key=lambda e: list(e.absolute_path))]
-    if problems or not check_paths:
-        return problems
-    for key in PATH_KEYS:
-        value = params
-        for part in key.split("."):
-            value = value[part]
-        if not Path(value).exists():
-            problems.append(f"{source}: {key}: '{value}' does not exist")
-    return problems
+    return validate_tree(read_yaml(text, source), source, check_paths)
 
 
-def load_params(path: str | Path = "params.yaml") -> dict:
-    """The validated params; raises InputError listing every problem."""
+def validate_tree(tree, source: str = "params.yaml", check_paths: bool = True) -> Params:
+    """`tree` (params.yaml as read by read_yaml) validated into Params; InputError lists every problem."""
+    if not isinstance(tree, dict):
+        raise InputError(f"{source}: expected a mapping of stage sections at the top level")
+    problems = _dates(tree)
+    try:
+        params = Params.model_validate(tree)
+    except ValidationError as err:
+        dated = {p.split(":")[0] for p in problems}
+        problems += [_describe(e) for e in err.errors() if ".".join(map(str, e["loc"])) not in dated]
+        params = None
+    if params is not None and check_paths:
+        for key in PATH_KEYS:
+            section, name = key.split(".")
+            value = getattr(getattr(params, section), name)
+            if not Path(value).exists():
+                problems.append(f"{key}: '{value}' does not exist")
+    if problems:
+        raise InputError("invalid params\n  " + "\n  ".join(f"{source}: {p}" for p in problems))
+    return params
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    """The validated params of the file at `path` (relative paths inside it: to the working directory)."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: file not found")
-    try:
-        params = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise InputError(f"{path}: not valid YAML: {err}") from None
-    if not isinstance(params, dict):
-        raise InputError(f"{path}: expected a mapping of stage sections at the top level")
-    beside = path.parent / "params.schema.json"  # a project's own schema wins over the installed one
-    problems = validate(params, str(path), beside if beside.is_file() else SCHEMA_PATH)
-    if problems:
-        raise InputError("invalid params\n  " + "\n  ".join(problems))
-    return params
+    return parse_params(path.read_text(), str(path))

@@ -6,38 +6,33 @@ Speed and memory come from slmops.eval.benchmark; size on disk and parameter cou
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from slmops.core.config import GenerationSettings, Requests
+from slmops.core.metrics import HEADLINE as HEADLINE_METRICS
 from slmops.core.task import Task, score
-from slmops.eval.benchmark import latency_percentiles
-from slmops.models.generate import GenerationConfig, generate_answers
-from slmops.models.hf import count_parameters
-from slmops.teacher.endpoint import (
-    Endpoint,
-    Requests,
-    Settings,
-    Usage,
-    check_success_ratio,
-    complete_all,
-    time_requests,
-    unfence,
-)
+from slmops.eval.benchmark import latency_percentiles, measure
+from slmops.models.generate import generate_answers
+from slmops.models.hf import count_parameters, load_model_and_tokenizer
+from slmops.onnx.runtime import OnnxChatModel
+from slmops.teacher.endpoint import Endpoint, Usage, check_success_ratio, complete_all, time_requests, unfence
+from slmops.teacher.local import load_teacher
 
-# Headline figures, flat so that `dvc metrics diff` reads well. Each is the shipped (quantized) model's.
-HEADLINE = ("exact_match", "schema_valid", "json_valid", "size_mb", "weights_mb", "parameters", "latency_p50_ms",
-            "latency_p95_ms", "ttft_p50_ms", "decode_tokens_per_s", "peak_rss_mb")
+# Headline figures (slmops.core.metrics), flat so that `dvc metrics diff` reads well; the shipped model's.
+HEADLINE = tuple(metric.key for metric in HEADLINE_METRICS)
 
 
 def _predictions(rows: list[dict], answers: list[str]) -> list[dict]:
     return [{"id": r.get("id"), "message": r["message"], "label": r["label"], "answer": a}
-            for r, a in zip(rows, answers)]
+            for r, a in zip(rows, answers, strict=True)]
 
 
-def evaluate_model(model, tokenizer, task: Task, rows: list[dict], config: GenerationConfig, name: str):
-    """(figures, predictions) for a PyTorch model: accuracy figures plus parameter count."""
-    answers = generate_answers(model, tokenizer, [task.messages(r["message"]) for r in rows], config,
+def score_torch(model, tokenizer, task: Task, rows: list[dict], settings: GenerationSettings, seed: int, name: str):
+    """(figures, predictions) of a PyTorch model on labelled rows: accuracy figures plus parameter count."""
+    answers = generate_answers(model, tokenizer, [task.messages(r["message"]) for r in rows], settings, seed,
                                progress=f"evaluating {name}")
     texts = [a.text for a in answers]
     figures = score(task, texts, [r["label"] for r in rows])
@@ -45,26 +40,103 @@ def evaluate_model(model, tokenizer, task: Task, rows: list[dict], config: Gener
     return figures, _predictions(rows, texts)
 
 
-def evaluate_onnx(model, task: Task, rows: list[dict], max_new_tokens: int, name: str):
-    """(figures, predictions) for an slmops.onnx.runtime.OnnxChatModel, greedy, one request at a time."""
-    texts = [model.answer(task.messages(r["message"]), max_new_tokens).text
+def score_onnx(model: OnnxChatModel, task: Task, rows: list[dict], settings: GenerationSettings, name: str):
+    """(figures, predictions) of an onnxruntime-genai model on labelled rows, one request at a time."""
+    texts = [model.answer(task.messages(r["message"]), settings.max_new_tokens,
+                          settings.genai_search_options()).text
              for r in tqdm(rows, desc=f"evaluating {name}", unit="prompt")]
     return score(task, texts, [r["label"] for r in rows]), _predictions(rows, texts)
 
 
-def evaluate_endpoint(endpoint: Endpoint, requests: Requests, task: Task, rows: list[dict], settings: Settings,
-                      timed_chats: list[list[dict]], warmup: int):
-    """(figures, predictions, latencies in ms) of an endpoint teacher. Accuracy through the response cache;
-    latency from fresh requests one at a time. A remote model's size, memory and parameters are unknown: None."""
-    replies, failures = complete_all(endpoint, settings, [task.messages(r["message"]) for r in rows], requests,
-                                     Usage(), desc="evaluating teacher")
-    check_success_ratio(failures, requests.min_success_ratio, requests.cache)
-    texts = [unfence(reply["content"]) if reply else "" for reply in replies]
-    latencies = [s * 1000 for s in time_requests(endpoint, settings, timed_chats, requests)][warmup:]
-    figures = {**score(task, texts, [r["label"] for r in rows]), **latency_percentiles(latencies),
-               "requests": len(latencies), "ttft_p50_ms": None, "decode_tokens_per_s": None, "peak_rss_mb": None,
-               "parameters": None, "size_mb": None, "weights_mb": None}
-    return figures, _predictions(rows, texts), latencies
+@dataclass
+class Evaluation:
+    figures: dict  # accuracy, speed, memory and size: one entry of metrics.json's variants
+    predictions: list[dict]  # one per eval row: id, message, label, answer
+    latencies_ms: list[float]  # each timed request's latency
+
+
+@dataclass
+class Workload:
+    """What every variant is asked: the eval rows, how to answer, and the requests to time (warm-up first)."""
+    task: Task
+    rows: list[dict]
+    settings: GenerationSettings
+    seed: int
+    timed_chats: list[list[dict]]
+    warmup: int
+
+
+@dataclass
+class TorchVariant:
+    """A Hugging Face model folder run in PyTorch fp32 (the teacher through its pin check)."""
+    name: str
+    folder: Path
+
+    def evaluate(self, work: Workload) -> Evaluation:
+        load = (lambda f: load_teacher(f)[:2]) if self.name == "teacher" else load_model_and_tokenizer
+        model, tokenizer = load(self.folder)
+        figures, predictions = score_torch(model, tokenizer, work.task, work.rows, work.settings, work.seed, self.name)
+        del model  # the timing runs in a child process; free this copy first
+        timing = measure("torch", str(self.folder), work.timed_chats, work.warmup, work.settings.max_new_tokens)
+        latencies = timing.pop("latencies_ms")
+        figures = {"runtime": "PyTorch fp32", **figures, **size_on_disk(self.folder), **timing}
+        return Evaluation(figures, predictions, latencies)
+
+
+@dataclass
+class OnnxVariant:
+    """An onnxruntime-genai export; its parameter count is its source variant's."""
+    name: str
+    folder: Path
+    execution_provider: str
+    precision: str
+    source: str
+
+    def evaluate(self, work: Workload) -> Evaluation:
+        model = OnnxChatModel(self.folder, self.execution_provider)
+        figures, predictions = score_onnx(model, work.task, work.rows, work.settings, self.name)
+        timing = measure("onnx", str(self.folder), work.timed_chats, work.warmup, work.settings.max_new_tokens,
+                         self.execution_provider)
+        latencies = timing.pop("latencies_ms")
+        figures = {"runtime": f"onnxruntime-genai {self.precision}", **figures, **timing, "parameters": None,
+                   **size_on_disk(self.folder)}
+        return Evaluation(figures, predictions, latencies)
+
+
+@dataclass
+class EndpointVariant:
+    """A teacher behind an endpoint: accuracy through the response cache, latency from fresh requests one at a
+    time. A remote model's size, memory and parameters are unknown: None."""
+    name: str
+    endpoint: Endpoint
+    requests: Requests
+    response_format: str | None
+
+    def evaluate(self, work: Workload) -> Evaluation:
+        body = work.settings.openai_kwargs(work.seed, self.response_format)
+        chats = [work.task.messages(r["message"]) for r in work.rows]
+        replies, failures = complete_all(self.endpoint, body, chats, self.requests, Usage(), desc="evaluating teacher")
+        check_success_ratio(failures, self.requests.min_success_ratio, self.requests.cache)
+        texts = [unfence(reply["content"]) if reply else "" for reply in replies]
+        latencies = [s * 1000 for s in time_requests(self.endpoint, body, work.timed_chats, self.requests)][work.warmup:]
+        figures = {"runtime": f"endpoint {self.endpoint.model}", **score(work.task, texts, [r["label"] for r in work.rows]),
+                   **latency_percentiles(latencies), "requests": len(latencies), "ttft_p50_ms": None,
+                   "decode_tokens_per_s": None, "peak_rss_mb": None, "parameters": None, "size_mb": None,
+                   "weights_mb": None}
+        return Evaluation(figures, _predictions(work.rows, texts), latencies)
+
+
+Variant = TorchVariant | OnnxVariant | EndpointVariant
+
+
+def evaluate_all(variants: list[Variant], work: Workload) -> dict[str, Evaluation]:
+    """Each variant's evaluation, in order; an export takes its source's parameter count."""
+    results: dict[str, Evaluation] = {}
+    for variant in variants:
+        results[variant.name] = variant.evaluate(work)
+        if isinstance(variant, OnnxVariant):
+            results[variant.name].figures["parameters"] = results[variant.source].figures["parameters"]
+    return results
 
 
 WEIGHT_FILES = ("*.safetensors", "*.bin", "model.onnx", "model.onnx.data")
@@ -98,7 +170,10 @@ def retention(teacher: dict, shipped: dict, finetuned: dict) -> dict:
 
 
 def metrics(variants: dict[str, dict], shipped: str = "quantized") -> dict:
-    """reports/metrics.json: the shipped model's headline, retention, then every variant in full."""
+    """reports/metrics.json: the shipped model's headline (HEADLINE), retention, then every variant in full.
+
+    `variants`: {variant name: its figures}, with "teacher", "finetuned" and `shipped` among them; raises
+    KeyError when a figure that the headline or retention() reads is missing."""
     headline = {key: variants[shipped][key] for key in HEADLINE}
     kept = retention(variants["teacher"], variants[shipped], variants["finetuned"])
     return {**headline, **kept, "variants": variants}

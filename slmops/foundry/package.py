@@ -1,5 +1,5 @@
-"""The Foundry Local model folder: build it (model, tokenizer, inference_model.json, model card, manifest)
-and verify it (hashes, onnxruntime-genai, the Foundry Local runtime in-process, offline)."""
+"""The Foundry Local model folder: the model, its tokenizer and chat template, inference_model.json (Name,
+PromptTemplate), task.json, the model card and manifest.json (slmops.foundry.verify checks it)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ import json
 from pathlib import Path
 
 import jsonschema
+
+from slmops.core.files import write_json
 
 MANIFEST = "manifest.json"
 MANIFEST_SCHEMA = json.loads((Path(__file__).parent / "manifest.schema.json").read_text())
@@ -37,6 +39,19 @@ def inference_model(name: str, model) -> dict:
     if CONTENT not in template["prompt"]:
         raise RuntimeError(f"the chat template drops the user's message: prompt template {template['prompt']!r}")
     return {"Name": name, "PromptTemplate": template}
+
+
+def build_package(out: Path, export_dir: Path, name: str, version: int, task, card: str) -> dict:
+    """The Foundry Local model folder `out`: the export's genai files, inference_model.json, task.json, the model
+    card as README.md, then manifest.json over all of them; returns the manifest."""
+    from slmops.onnx.export import copy_genai_files
+    from slmops.onnx.runtime import OnnxChatModel
+
+    copy_genai_files(export_dir, out)
+    write_json(out / "inference_model.json", inference_model(name, OnnxChatModel(out)))
+    write_json(out / "task.json", task_record(task))
+    (out / "README.md").write_text(card)
+    return write_manifest(out, name, version)
 
 
 def write_manifest(folder: Path, name: str, version: int) -> dict:

@@ -107,8 +107,9 @@ class ChatHandler(BaseHTTPRequestHandler):
         return self.rfile.read(int(length))
 
     def _pieces(self, request, prompt):
-        return self.server.model.stream(request["messages"], request["max_tokens"], request["temperature"],
-                                        request["top_p"], prompt=prompt)
+        sampling = {"do_sample": True, "temperature": request["temperature"], "top_p": request["top_p"]}
+        return self.server.model.stream(request["messages"], request["max_tokens"],
+                                        sampling if request["temperature"] > 0 else None, prompt=prompt)
 
     def _complete(self, request, prompt):
         pieces = list(self._pieces(request, prompt))

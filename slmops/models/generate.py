@@ -8,15 +8,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-
-@dataclass
-class GenerationConfig:
-    max_new_tokens: int = 64
-    batch_size: int = 32
-    do_sample: bool = False
-    temperature: float = 1.0
-    top_p: float = 1.0
-    seed: int = 0
+from slmops.core.config import GenerationSettings
 
 
 @dataclass
@@ -29,28 +21,28 @@ class Answer:
 
 
 @torch.inference_mode()
-def generate_answers(model, tokenizer, chats: list[list[dict]], config: GenerationConfig,
+def generate_answers(model, tokenizer, chats: list[list[dict]], settings: GenerationSettings, seed: int = 0,
                      top_k_logprobs: int = 0, progress: str | None = None) -> list[Answer]:
-    """Answer each chat (system + user messages) through the tokenizer's chat template."""
-    torch.manual_seed(config.seed)
+    """Answer each chat (system + user messages) through the tokenizer's chat template, settings.batch_size
+    chats at a time (left-padded). With top_k_logprobs = k, each answer keeps its k most likely tokens and their
+    log-probs at every position: arrays of shape (answer tokens, k). A progress bar when `progress` names it."""
+    torch.manual_seed(seed)
     tokenizer.padding_side = "left"
     answers: list[Answer] = []
-    batches = range(0, len(chats), config.batch_size)
+    batches = range(0, len(chats), settings.batch_size)
     for start in tqdm(batches, desc=progress, unit="batch", disable=progress is None):
         prompts = [
             tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=False)
-            for chat in chats[start:start + config.batch_size]
+            for chat in chats[start:start + settings.batch_size]
         ]
         batch = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
-        sampling = {"do_sample": True, "temperature": config.temperature, "top_p": config.top_p} if config.do_sample else {"do_sample": False}
         out = model.generate(
             **batch,
-            max_new_tokens=config.max_new_tokens,
+            **settings.hf_kwargs(),
             pad_token_id=tokenizer.pad_token_id,
             eos_token_id=tokenizer.eos_token_id,
             return_dict_in_generate=True,
             output_logits=top_k_logprobs > 0,
-            **sampling,
         )
         new_tokens = out.sequences[:, batch["input_ids"].shape[1]:]
         if top_k_logprobs:

@@ -9,6 +9,7 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
+from slmops.core.config import LlamaShape
 from slmops.core.errors import InputError
 
 SPECIAL_TOKENS = ["<|pad|>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
@@ -58,10 +59,14 @@ def tokenizer_fingerprint(tokenizer) -> str:
     return hashlib.sha256(repr(vocab).encode()).hexdigest()
 
 
-def build_llama(config: dict, tokenizer) -> LlamaForCausalLM:
-    """A randomly initialised Llama sized by `config` (keys of LlamaConfig) for `tokenizer`."""
+def build_llama(shape: LlamaShape, tokenizer) -> LlamaForCausalLM:
+    """A randomly initialised Llama of `shape` (keys of LlamaConfig) for `tokenizer`.
+
+    InputError when a layer is as wide as the vocabulary (the onnxruntime-genai builder would take it for
+    the LM head; DESIGN.md, facts about the stack)."""
+    config = shape.model_dump()
     vocab_size = len(tokenizer)
-    widths = {k: config[k] for k in ("hidden_size", "intermediate_size") if k in config}
+    widths = {k: config[k] for k in ("hidden_size", "intermediate_size")}
     clash = [k for k, width in widths.items() if width == vocab_size]
     if clash:
         # The onnxruntime-genai builder takes any linear layer as wide as the vocabulary for the LM head.

@@ -12,29 +12,15 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 
+from slmops.core.config import Quantize
 from slmops.core.errors import InputError
 
 GENAI_FILES = ("genai_config.json", "tokenizer.json", "tokenizer_config.json", "chat_template.jinja")
 
 
-@dataclass
-class ExportConfig:
-    precision: str = "int4"  # int4 | int8 | fp16 | fp32
-    execution_provider: str = "cpu"  # cpu | cuda | dml
-    block_size: int = 32
-    symmetric: bool = True
-    accuracy_level: int = 4
-    embeddings: bool = True  # int4: quantize the embedding table too, shared with a tied LM head
-
-    @property
-    def build_precision(self) -> str:
-        return "fp32" if self.precision == "int8" else self.precision
-
-
-def builder_options(config: ExportConfig, tied_embeddings: bool) -> dict[str, str]:
+def builder_options(config: Quantize, tied_embeddings: bool) -> dict[str, str]:
     """The builder's --extra_options for int4 (it has no knobs for the float precisions)."""
     if config.precision != "int4":
         return {}
@@ -56,7 +42,7 @@ def tied_embeddings(model_dir: str | Path) -> bool:
     return bool(config.get("tie_word_embeddings", False))
 
 
-def run_builder(model_dir: Path, out_dir: Path, config: ExportConfig, cache_dir: Path) -> None:
+def run_builder(model_dir: Path, out_dir: Path, config: Quantize, cache_dir: Path) -> None:
     """`python -m onnxruntime_genai.models.builder` on a local Hugging Face folder, then int8 if asked."""
     command = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(model_dir.resolve()),
                "-o", str(out_dir.resolve()), "-p", config.build_precision, "-e", config.execution_provider,
@@ -69,7 +55,7 @@ def run_builder(model_dir: Path, out_dir: Path, config: ExportConfig, cache_dir:
         quantize_int8(out_dir, config)
 
 
-def quantize_int8(folder: Path, config: ExportConfig) -> None:
+def quantize_int8(folder: Path, config: Quantize) -> None:
     """Quantize the MatMul weights of folder/model.onnx to 8-bit blocks in place."""
     import onnx
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
@@ -86,7 +72,7 @@ def quantize_int8(folder: Path, config: ExportConfig) -> None:
 OLIVE_PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "dml": "DmlExecutionProvider"}
 
 
-def olive_workflow(model_dir: str, out_dir: str, cache_dir: str, config: ExportConfig) -> dict:
+def olive_workflow(model_dir: str, out_dir: str, cache_dir: str, config: Quantize) -> dict:
     """An Olive workflow: ModelBuilder, plus 8-bit block-wise RTN for int8. Run it with absolute paths from
     an empty directory: Olive reads a value that names an existing relative path as that path."""
     build = {"type": "ModelBuilder", "precision": config.build_precision}
@@ -135,7 +121,7 @@ def _run(command: list[str], what: str, cwd: Path, env: dict | None = None) -> N
         raise RuntimeError(f"{what} failed (exit {result.returncode}):\n{tail}")
 
 
-def keep_genai_files(source: Path, dest: Path) -> None:
+def copy_genai_files(source: Path, dest: Path) -> None:
     """Copy the files onnxruntime-genai needs (model, weights, config, tokenizer) from source to dest."""
     dest.mkdir(parents=True, exist_ok=True)
     for path in sorted(source.iterdir()):
@@ -150,11 +136,6 @@ def folder_size(folder: Path) -> int:
     return sum(p.stat().st_size for p in Path(folder).rglob("*") if p.is_file())
 
 
-def read_export_config(quantize: dict) -> ExportConfig:
-    fields = ("precision", "execution_provider", "block_size", "symmetric", "accuracy_level", "embeddings")
-    return ExportConfig(**{k: quantize[k] for k in fields})
-
-
 def require_local_model(folder: Path) -> None:
     if not (folder / "config.json").is_file():
         raise InputError(f"{folder}: no Hugging Face model here (config.json missing); run the finetune stage first")
@@ -162,3 +143,23 @@ def require_local_model(folder: Path) -> None:
 
 def write_workflow(path: Path, workflow: dict) -> None:
     path.write_text(json.dumps(workflow, indent=2) + "\n")
+
+
+# The saved Olive workflow names repository-relative paths, so `olive run` works from any clone's root.
+OLIVE_RERUN = {"model_dir": "models/finetuned", "out_dir": "olive-output", "cache_dir": ".olive-cache"}
+
+
+def export(model_dir: Path, out: Path, config: Quantize, scratch: Path) -> None:
+    """Export the Hugging Face folder `model_dir` into `out` (genai_config.json, model.onnx[.data], tokenizer) with
+    the engine config.engine names: the onnxruntime-genai model builder, or an Olive workflow, which is then saved
+    as out/olive_config.json for rerunning. `scratch`: an empty folder for intermediate files.
+    RuntimeError when an engine fails or writes no model."""
+    built = scratch / "export"
+    if config.engine == "builder":
+        run_builder(model_dir, built, config, scratch)
+    else:
+        workflow = olive_workflow(str(model_dir.resolve()), str(built), str(scratch / "cache"), config)
+        write_workflow(scratch / "olive_config.json", workflow)
+        run_olive(scratch / "olive_config.json", built)
+        write_workflow(out / "olive_config.json", olive_workflow(**OLIVE_RERUN, config=config))
+    copy_genai_files(built, out)

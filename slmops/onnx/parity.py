@@ -50,9 +50,10 @@ def check_parity(torch_model, onnx_model, prompts: list[list[int]], answers: lis
 
 def parity_inputs(torch_model, tokenizer, chats: list[list[dict]], max_new_tokens: int):
     """(prompt ids, PyTorch greedy answer ids) per chat: the positions the parity check compares."""
-    from slmops.models.generate import GenerationConfig, generate_answers
+    from slmops.core.config import GenerationSettings
+    from slmops.models.generate import generate_answers
 
-    answers = generate_answers(torch_model, tokenizer, chats, GenerationConfig(max_new_tokens=max_new_tokens))
+    answers = generate_answers(torch_model, tokenizer, chats, GenerationSettings.greedy(max_new_tokens, batch_size=32))
     prompts = [tokenizer(tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=False),
                          add_special_tokens=False)["input_ids"] for chat in chats]
     return prompts, [a.token_ids for a in answers]

@@ -45,13 +45,15 @@ class OnnxChatModel:
         prompt = self.tokenizer.apply_chat_template(json.dumps(messages), add_generation_prompt=True)
         return self.tokenizer.encode(prompt)
 
-    def stream(self, messages: list[dict], max_new_tokens: int, temperature: float = 0.0, top_p: float = 1.0,
+    def stream(self, messages: list[dict], max_new_tokens: int, search_options: dict | None = None,
                prompt: np.ndarray | None = None) -> Iterator[str]:
-        """The answer, one decoded piece per generated token: greedy, or sampled when temperature > 0."""
+        """The answer, one decoded piece per generated token, at most max_new_tokens (and within the context).
+        Greedy unless `search_options` (GenerationSettings.genai_search_options()) say to sample; `prompt`: the
+        chat's tokens when already encoded."""
         prompt = self.prompt_tokens(messages) if prompt is None else prompt
         params = og.GeneratorParams(self.model)
-        sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if temperature > 0 else {"do_sample": False}
-        params.set_search_options(max_length=min(len(prompt) + max_new_tokens, self.context_length), **sampling)
+        params.set_search_options(max_length=min(len(prompt) + max_new_tokens, self.context_length),
+                                  **(search_options or {"do_sample": False}))
         generator = og.Generator(self.model, params)
         generator.append_tokens(prompt)
         decoder = self.tokenizer.create_stream()
@@ -63,12 +65,12 @@ class OnnxChatModel:
                 break
             yield decoder.decode(token)
 
-    def answer(self, messages: list[dict], max_new_tokens: int) -> TimedAnswer:
-        """The whole greedy answer, with its token count, wall time and time to first token."""
+    def answer(self, messages: list[dict], max_new_tokens: int, search_options: dict | None = None) -> TimedAnswer:
+        """The whole answer, with its token count, wall time and time to first token (seconds)."""
         start = time.perf_counter()
         first = None
         pieces = []
-        for piece in self.stream(messages, max_new_tokens):
+        for piece in self.stream(messages, max_new_tokens, search_options):
             first = first if first is not None else time.perf_counter() - start
             pieces.append(piece)
         seconds = time.perf_counter() - start

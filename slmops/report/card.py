@@ -2,24 +2,30 @@
 
 from __future__ import annotations
 
+import yaml
 
-def model_card(name: str, version: int, task, params: dict, metrics: dict, teacher: dict,
+from slmops.core.config import Params
+from slmops.core.task import Task
+from slmops.report.run import render_variants, shown
+
+
+MADE_WITH = ("seed", "teacher", "synthesize", "student", "distill", "finetune", "quantize")
+
+
+def model_card(name: str, version: int, task: Task, params: Params, metrics: dict, teacher: dict,
                synthesize: dict, revision: str) -> str:
-    """README.md of the package: what the model does, how it was made, how well it does."""
-    import yaml
-
-    from slmops.report.run import render_variants, shown
-
+    """README.md of the package: what the model does, how it was made (the params of MADE_WITH), how well it does.
+    `metrics`, `teacher`, `synthesize`: reports/metrics.json, teacher.json and synthesize.json."""
     shipped = metrics["variants"]["quantized"]
-    made_with = {key: params[key] for key in ("seed", "teacher", "synthesize", "student", "distill",
-                                              "finetune", "quantize")}
+    made_with = {key: params.seed if key == "seed" else getattr(params, key).model_dump(mode="json")
+                 for key in MADE_WITH}
     return "\n".join([
         f"# {name} (version {version})",
         "",
         f"Built by the slmops pipeline at git revision `{revision}`: a {shipped['parameters']:,}-parameter "
         f"student distilled from a {shown(metrics['variants']['teacher']['parameters'], '{:,}')}-parameter teacher, "
-        f"fine-tuned with {params['finetune']['method']}, exported as {params['quantize']['precision']} ONNX "
-        f"for onnxruntime-genai ({params['quantize']['execution_provider']}).",
+        f"fine-tuned with {params.finetune.method}, exported as {params.quantize.precision} ONNX "
+        f"for onnxruntime-genai ({params.quantize.execution_provider}).",
         "",
         "## Task",
         "",
@@ -33,8 +39,8 @@ def model_card(name: str, version: int, task, params: dict, metrics: dict, teach
         "",
         f"- Teacher-labelled (synthetic): {synthesize.get('accepted', 0):,} answers accepted of "
         f"{synthesize.get('prompts', 0):,} prompts ({synthesize.get('rejected', 0):,} rejected by the schema check).",
-        f"- Human-labelled fine-tuning set: `{params['data']['labelled']}`.",
-        f"- Held-out evaluation set: `{params['data']['eval']}` ({shipped['n']:,} records).",
+        f"- Human-labelled fine-tuning set: `{params.data.labelled}`.",
+        f"- Held-out evaluation set: `{params.data.eval}` ({shipped['n']:,} records).",
         "",
         "## Teacher",
         "",

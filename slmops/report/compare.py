@@ -1,48 +1,30 @@
 """`slmops report`: what a change did to the shipped model, base revision against head, with gates.
 
-DVC reads metrics, params and plot data at each revision (git or workspace); this module only compares.
-`dvc metrics diff` shows no relative change and cannot fail a build (treeverse/dvc#10408): the gates here do.
+Metrics, params and plot data at a git revision are read from git alone (the commit's files, whatever the working
+copy holds); only `--head workspace` reads the working copy. The rows and the keys a gate may name come from the
+metric registry, slmops.core.metrics. `dvc metrics diff` shows no relative change and cannot fail a build
+(treeverse/dvc#10408): the gates here do.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
+
+from slmops.core.errors import InputError
+from slmops.core.metrics import COMPARED, Metric
+
+log = logging.getLogger(__name__)
 
 MARKER = "<!-- slmops-report -->"  # CI finds its one comment by this and edits it
 METRICS_FILE = "reports/metrics.json"
+PARAMS_FILE = "params.yaml"
 PLOTS = {"accuracy_size": "reports/plots/accuracy_size.json", "latency": "reports/plots/latency"}
 VARIANTS = ("teacher", "student", "finetuned", "quantized")
 ABSENT = "(absent)"
-
-
-@dataclass(frozen=True)
-class Metric:
-    key: str
-    label: str
-    fmt: str
-    higher_is_better: bool
-
-
-# The headline table, in order. Gates may name any of these.
-METRICS = (
-    Metric("size_mb", "size on disk (MB)", "{:.3f}", False),
-    Metric("weights_mb", "weights (MB)", "{:.3f}", False),
-    Metric("latency_p50_ms", "latency p50 (ms)", "{:.2f}", False),
-    Metric("latency_p95_ms", "latency p95 (ms)", "{:.2f}", False),
-    Metric("ttft_p50_ms", "time to first token p50 (ms)", "{:.2f}", False),
-    Metric("decode_tokens_per_s", "decode tokens/s", "{:,.0f}", True),
-    Metric("peak_rss_mb", "peak memory (MB)", "{:.0f}", False),
-    Metric("exact_match", "exact match", "{:.1%}", True),
-    Metric("schema_valid", "schema-valid rate", "{:.1%}", True),
-    Metric("json_valid", "JSON-valid rate", "{:.1%}", True),
-    Metric("accuracy_kept", "accuracy kept vs teacher", "{:.1%}", True),
-    Metric("latency_saved", "latency saved vs teacher", "{:.1%}", True),
-    Metric("memory_saved", "memory saved vs teacher", "{:.1%}", True),
-    Metric("size_saved", "size saved vs teacher", "{:.1%}", True),
-)
 
 
 @dataclass
@@ -76,22 +58,27 @@ class GateResult:
 
 
 def compare(base: dict, head: dict) -> list[Row]:
-    return [Row(m, _number(base.get(m.key)), _number(head.get(m.key))) for m in METRICS]
+    """One row per metric of `slmops report` (slmops.core.metrics.COMPARED), in its order, from two
+    reports/metrics.json dicts; a value missing or not a finite number is None."""
+    return [Row(m, _number(base.get(m.key)), _number(head.get(m.key))) for m in COMPARED]
 
 
 def _number(value) -> float | None:
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) else None
+    number = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    return float(value) if number else None
 
 
 def check_gates(rows: list[Row], gates: dict) -> list[GateResult]:
-    """Each gate: `max_regression` (absolute, metric units) or `max_regression_pct` (percent of base)."""
+    """One result per gate, in the order of `gates`: {metric key: {"max_regression": absolute, in the metric's
+    units (a fraction for a rate)} or {"max_regression_pct": percent of the base value}}. A gate's key must be a
+    row's (slmops.core.metrics.GATE_KEYS; params validation checks it): KeyError otherwise."""
     by_key = {row.metric.key: row for row in rows}
     results = []
     for key, gate in gates.items():
         row = by_key[key]
         relative = "max_regression_pct" in gate
         limit = (f"{gate['max_regression_pct']:g}% worse" if relative
-                 else f"{_signed(gate['max_regression'], row.metric.fmt).lstrip('+')} worse")
+                 else f"{_signed(gate['max_regression'], row.metric).lstrip('+')} worse")
         if row.head is None:
             results.append(GateResult(key, limit, "fail", "missing in head"))
             continue
@@ -103,17 +90,17 @@ def check_gates(rows: list[Row], gates: dict) -> list[GateResult]:
             amount = worse / abs(row.base) * 100 if row.base else (math.inf if worse > 0 else 0.0)
             failed, detail = amount > gate["max_regression_pct"], f"{amount:+.1f}% worse"
         else:
-            failed, detail = worse > gate["max_regression"], f"{_signed(worse, row.metric.fmt)} worse"
+            failed, detail = worse > gate["max_regression"], f"{_signed(worse, row.metric)} worse"
         results.append(GateResult(key, limit, "fail" if failed else "pass", detail))
     return results
 
 
-def _signed(value: float, fmt: str) -> str:
+def _signed(value: float, metric: Metric) -> str:
     """A change with its sign; a change of a rate in points (0.03 -> +3.0 pt), not percent."""
     value += 0.0  # -0.0 -> 0.0
-    if fmt.endswith("%}"):
+    if metric.is_rate:
         return f"{value * 100:+.1f} pt"
-    return ("+" if value >= 0 else "-") + fmt.format(abs(value))
+    return ("+" if value >= 0 else "-") + metric.fmt.format(abs(value))
 
 
 def _direction(row: Row) -> str:
@@ -127,7 +114,7 @@ def _direction(row: Row) -> str:
 
 
 def _param(value) -> str:
-    return value if value == ABSENT else f"`{json.dumps(value)}`"
+    return value if value == ABSENT else f"`{json.dumps(value, default=str)}`"  # default: a date, if YAML made one
 
 
 def flatten(tree: dict, prefix: str = "") -> dict:
@@ -162,15 +149,15 @@ def render(base_rev: str, head_rev: str, rows: list[Row], params: list, gates: l
         fmt = row.metric.fmt
         base = "—" if row.base is None else fmt.format(row.base)
         head = "—" if row.head is None else fmt.format(row.head)
-        change = "" if row.change is None else _signed(row.change, fmt)
+        change = "" if row.change is None else _signed(row.change, row.metric)
         relative = "" if row.relative is None else f"{row.relative:+.1%}"
         lines.append(f"| {row.metric.label} | {base} | {head} | {change} | {relative} | {_direction(row)} |")
     lines += ["", "▲/▼: the value went up/down; ✅ better, ❌ worse for this metric (lower is better for size, "
               "latency and memory).", ""]
     if gates:
         lines += ["### Gates", "", "| metric | allowed | measured | result |", "|---|---|---|---|"]
-        lines += [f"| {g.metric} | {g.limit} | {g.detail} | {'❌ fail' if g.status == 'fail' else '✅ pass' if g.status == 'pass' else 'new'} |"
-                  for g in gates]
+        shown = {"fail": "❌ fail", "pass": "✅ pass", "new": "new"}
+        lines += [f"| {g.metric} | {g.limit} | {g.detail} | {shown[g.status]} |" for g in gates]
         lines.append("")
     lines += ["### Params changed", ""]
     if params:
@@ -197,7 +184,8 @@ def plot_pngs(base: dict, head: dict, out_dir: Path) -> dict[str, str]:
     colors = {variant: f"C{i}" for i, variant in enumerate(VARIANTS)}
     if base.get("accuracy_size") or head.get("accuracy_size"):
         fig, ax = plt.subplots(figsize=(6, 4))
-        for label, data, filled in (("base", base.get("accuracy_size"), False), ("head", head.get("accuracy_size"), True)):
+        for label, data, filled in (("base", base.get("accuracy_size"), False),
+                                    ("head", head.get("accuracy_size"), True)):
             for point in data or []:
                 color = colors.get(point["variant"], "black")
                 ax.scatter(point["size_mb"], point["exact_match"], s=60, marker="o" if filled else "s",
@@ -227,51 +215,103 @@ def plot_pngs(base: dict, head: dict, out_dir: Path) -> dict[str, str]:
     return written
 
 
-# --- reading a revision through DVC ------------------------------------------------------------------
+# --- reading a revision from git ----------------------------------------------------------------------
+# scmrepo (installed with DVC) gives a read-only filesystem over a commit: no checkout, the working copy untouched.
 
-def read_revision(rev: str | None, repo: str = ".") -> tuple[dict, dict, dict]:
-    """(metrics, params, plot data) at a git revision, or in the workspace when rev is None.
+def read_revision(rev: str | None, repo: str | Path = ".") -> tuple[dict, dict, dict]:
+    """(metrics, params, plot data) of the DVC project in folder `repo` at git revision `rev`, read from git
+    alone; rev None: the working copy.
 
-    A revision without metrics or plots (before the first pipeline run) gives empty dicts, not an error.
+    metrics: reports/metrics.json as a dict; params: params.yaml as a dict; plot data:
+    {"accuracy_size": the list in reports/plots/accuracy_size.json or None,
+     "latency": {variant: the list in reports/plots/latency/<variant>.json}}.
+    A revision without metrics, params or plots (before the first pipeline run) gives empty ones, logged as a
+    warning, not an error. Raises InputError for an unknown revision, a folder outside a git repository, or
+    metrics or params that do not parse (naming the file and the revision).
     """
-    import dvc.api
-    from dvc.scm import RevError
-
-    from slmops.core.errors import InputError
+    where = "workspace" if rev is None else rev
+    if rev is None:
+        return _read_files(lambda path: _read_workspace(Path(repo) / path), where)
+    from scmrepo.exceptions import SCMError
+    from scmrepo.git import Git
 
     try:
-        params = dvc.api.params_show(repo=repo, rev=rev)
-    except RevError as err:
-        raise InputError(f"slmops report: {err}") from None
-    except Exception as err:  # a revision before params.yaml existed
-        _warn(rev, "params", err)
-        params = {}
+        scm = Git(str(repo))
+    except SCMError as err:
+        raise InputError(f"slmops report: {Path(repo).resolve()} is not in a git repository ({err})") from None
     try:
-        metrics = dvc.api.metrics_show(METRICS_FILE, repo=repo, rev=rev)
-    except Exception as err:  # a revision before the first pipeline run
-        _warn(rev, "metrics", err)
-        metrics = {}
-    plots = {"accuracy_size": _read_json(PLOTS["accuracy_size"], repo, rev),
+        try:
+            fs = scm.get_fs(rev)
+        except SCMError:
+            raise InputError(f"slmops report: unknown git revision {rev!r} (not a branch, tag or commit of "
+                             f"{scm.root_dir})") from None
+        prefix = PurePosixPath(Path(repo).resolve().relative_to(Path(scm.root_dir).resolve()).as_posix())
+        return _read_files(lambda path: _read_git(fs, str(prefix / path)), where)
+    finally:
+        scm.close()
+
+
+def _read_workspace(path: Path) -> str | None:
+    try:
+        return path.read_text()
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+        return None
+
+
+def _read_git(fs, path: str) -> str | None:
+    try:
+        return fs.cat_file(path).decode()
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+        return None
+
+
+def _read_files(read, where: str) -> tuple[dict, dict, dict]:
+    """Metrics, params and plot data through `read(path relative to the project) -> text or None`."""
+    text = read(PARAMS_FILE)
+    params = {} if text is None else read_params_text(text, f"{PARAMS_FILE} at {where}")
+    if text is None:  # a revision before params.yaml existed
+        log.warning("slmops report: no %s at %s; every param shown as added", PARAMS_FILE, where)
+    text = read(METRICS_FILE)
+    metrics = {} if text is None else _json_object(text, f"{METRICS_FILE} at {where}")
+    if text is None:  # a revision before the first pipeline run
+        log.warning("slmops report: no %s at %s; metrics shown as new", METRICS_FILE, where)
+    plots = {"accuracy_size": _plot(read, PLOTS["accuracy_size"], where),
              "latency": {v: data for v in VARIANTS
-                         if (data := _read_json(f"{PLOTS['latency']}/{v}.json", repo, rev)) is not None}}
+                         if (data := _plot(read, f"{PLOTS['latency']}/{v}.json", where)) is not None}}
     return metrics, params, plots
 
 
-def _warn(rev: str | None, what: str, err: Exception) -> None:
-    import sys
+def read_params_text(text: str, source: str) -> dict:
+    """params.yaml text parsed as DVC parses it (YAML 1.2, ruamel.yaml: `5e-3` is a float); {} when empty.
+    `source` names the file and revision in errors. Raises InputError for invalid YAML or a top level that is
+    not a mapping."""
+    from slmops.core.params import read_yaml
 
-    print(f"slmops report: no {what} at {rev or 'workspace'} ({type(err).__name__}: {err}); shown as new",
-          file=sys.stderr)
+    params = read_yaml(text, source)
+    if params is None:
+        return {}
+    if not isinstance(params, dict):
+        raise InputError(f"{source}: expected a mapping of params at the top level, got {type(params).__name__}")
+    return params
 
 
-def _read_json(path: str, repo: str, rev: str | None):
-    import dvc.api
-
+def _json_object(text: str, source: str) -> dict:
     try:
-        return json.loads(dvc.api.read(path, repo=repo, rev=rev))
-    except (FileNotFoundError, json.JSONDecodeError, IsADirectoryError):
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise InputError(f"{source}: not valid JSON: {err}") from None
+    if not isinstance(value, dict):
+        raise InputError(f"{source}: expected a JSON object, got {type(value).__name__}")
+    return value
+
+
+def _plot(read, path: str, where: str):
+    """A plot's data, or None when absent or unreadable (a plot is shown when it can be, never gates)."""
+    text = read(path)
+    if text is None:
         return None
-    except Exception as err:  # DVC wraps a path missing at that revision in its own errors
-        if "does not exist" in str(err) or "No such file" in str(err) or "not found" in str(err).lower():
-            return None
-        raise
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        log.warning("slmops report: %s at %s is not valid JSON (%s); plot skipped", path, where, err)
+        return None

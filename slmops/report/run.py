@@ -4,22 +4,19 @@ from __future__ import annotations
 
 import subprocess
 
-# The seed's headline claims: (retention key, claimed fraction, wording).
+from slmops.core.metrics import BY_KEY, VARIANT_COLUMNS
+
+# The seed's headline claims: (retention key in slmops.core.metrics, claimed fraction, wording).
 CLAIMS = (
     ("accuracy_kept", 0.92, "accuracy kept (shipped model / teacher exact match)"),
     ("latency_saved", 0.85, "less inference time (p50 request latency against the teacher)"),
     ("memory_saved", 0.95, "less memory (peak resident memory against the teacher)"),
-    ("size_saved_by_quantization", 0.75, "smaller after quantization (ONNX weights against the fine-tuned fp32 weights)"),
+    ("size_saved_by_quantization", 0.75,
+     "smaller after quantization (ONNX weights against the fine-tuned fp32 weights)"),
 )
 
-COLUMNS = (  # (header, key, format)
-    ("runtime", "runtime", "{}"), ("parameters", "parameters", "{:,}"), ("size MB", "size_mb", "{:.3f}"), ("weights MB", "weights_mb", "{:.3f}"),
-    ("exact match", "exact_match", "{:.1%}"), ("schema-valid", "schema_valid", "{:.1%}"),
-    ("JSON-valid", "json_valid", "{:.1%}"), ("p50 ms", "latency_p50_ms", "{:.1f}"),
-    ("p90 ms", "latency_p90_ms", "{:.1f}"), ("p95 ms", "latency_p95_ms", "{:.1f}"),
-    ("TTFT ms", "ttft_p50_ms", "{:.1f}"), ("decode tok/s", "decode_tokens_per_s", "{:,.0f}"),
-    ("peak RSS MB", "peak_rss_mb", "{:.0f}"),
-)
+# The per-variant table: (header, key, format); `runtime` is text (what ran the variant), then the registry's columns.
+COLUMNS = (("runtime", "runtime", "{}"), *((m.column, m.key, m.table_fmt) for m in VARIANT_COLUMNS))
 
 
 def git_revision() -> str:
@@ -65,13 +62,13 @@ def render(metrics: dict, quantize: dict, eval_count: int, revision: str) -> str
                     [[name, *(f"{v['field_accuracy'][f]:.1%}" for f in fields)] for name, v in variants.items()])
     lines += ["", "## Claims against this run", ""]
     lines += _table(["claim", "measured", "met"],
-                    [[f"{claimed:.0%} {wording}", shown(metrics[key], "{:.1%}"),
+                    [[f"{claimed:.0%} {wording}", shown(metrics[key], BY_KEY[key].fmt),
                       "n/a" if metrics[key] is None else "yes" if metrics[key] >= claimed else "no"]
                      for key, claimed, wording in CLAIMS])
     lines += [
         "",
-        f"The shipped model has {shown(metrics['parameter_ratio'], '{:.1%}')} of the teacher's parameters and is "
-        f"{shown(metrics['size_saved'], '{:.1%}')} smaller on disk than the teacher"
+        f"The shipped model has {shown(metrics['parameter_ratio'], BY_KEY['parameter_ratio'].fmt)} of the teacher's "
+        f"parameters and is {shown(metrics['size_saved'], BY_KEY['size_saved'].fmt)} smaller on disk than the teacher"
         + (" (n/a: the teacher is behind an endpoint)." if metrics["size_saved"] is None else "."),
         "",
         "Plots: `dvc plots show` (accuracy against size, latency quantiles per variant, training curves).",

@@ -25,6 +25,7 @@ from urllib.parse import urlsplit, urlunsplit
 import openai
 from tqdm.auto import tqdm
 
+from slmops.core.config import GenerationSettings, Requests, Teacher
 from slmops.core.errors import InputError
 
 ENTRA_SCOPE = "https://cognitiveservices.azure.com/.default"
@@ -48,10 +49,10 @@ class Endpoint:
     served_model: str | None = None  # what the endpoint said it runs (see probe)
 
     @classmethod
-    def from_params(cls, teacher: dict) -> "Endpoint":
-        connection = teacher["openai"]
-        return cls(base_url=connection["base_url"], model=teacher["model"], api_version=connection["api_version"],
-                   auth=connection["auth"], api_key_env=connection["api_key_env"])
+    def from_params(cls, teacher: Teacher) -> Endpoint:
+        connection = teacher.openai
+        return cls(base_url=connection.base_url, model=teacher.model, api_version=connection.api_version,
+                   auth=connection.auth, api_key_env=connection.api_key_env)
 
     def identity(self) -> dict:
         """Who answers, as recorded in teacher.json and the cache key; never a credential."""
@@ -82,7 +83,7 @@ class Endpoint:
         return openai.AsyncOpenAI(base_url=self.base_url, api_key=credential, **common)
 
 
-def served_endpoint(teacher: dict, record: str | Path = "data/endpoint.json") -> Endpoint:
+def served_endpoint(teacher: Teacher, record: str | Path = "data/endpoint.json") -> Endpoint:
     """The endpoint of params with the served model the endpoint stage recorded (part of the cache key)."""
     record = Path(record)
     if not record.is_file():
@@ -91,34 +92,6 @@ def served_endpoint(teacher: dict, record: str | Path = "data/endpoint.json") ->
     if served is None:
         raise InputError(f"{record}: no served model recorded; rerun the endpoint stage (dvc repro endpoint)")
     return dataclasses.replace(Endpoint.from_params(teacher), served_model=served)
-
-
-@dataclass(frozen=True)
-class Settings:
-    """Generation settings sent with every request (and part of the cache key)."""
-    max_tokens: int
-    temperature: float = 0.0
-    top_p: float = 1.0
-    seed: int | None = None
-    response_format: str | None = None  # None | json_object
-
-    def request_kwargs(self) -> dict:
-        kwargs = {"max_tokens": self.max_tokens, "temperature": self.temperature, "top_p": self.top_p}
-        if self.seed is not None:
-            kwargs["seed"] = self.seed
-        if self.response_format:
-            kwargs["response_format"] = {"type": self.response_format}
-        return kwargs
-
-
-@dataclass(frozen=True)
-class Requests:
-    """How requests are sent: synthesize.requests in params.yaml."""
-    concurrency: int = 16
-    timeout_s: float = 60.0
-    max_retries: int = 5
-    min_success_ratio: float = 0.95
-    cache: str = ".slmops/cache/responses.sqlite"
 
 
 class ResponseCache:
@@ -149,8 +122,12 @@ class ResponseCache:
         self._db.close()
 
 
-def cache_key(identity: dict, settings: Settings, messages: list[dict]) -> str:
-    payload = json.dumps({"endpoint": identity, "settings": asdict(settings), "messages": messages}, sort_keys=True)
+def cache_key(identity: dict, body: dict, messages: list[dict]) -> str:
+    """SHA-256 of who answers, the request's generation fields and the messages."""
+    # The generation fields under the names earlier releases hashed, so that existing caches keep hitting.
+    settings = {"max_tokens": body["max_tokens"], "temperature": body["temperature"], "top_p": body["top_p"],
+                "seed": body.get("seed"), "response_format": (body.get("response_format") or {}).get("type")}
+    payload = json.dumps({"endpoint": identity, "settings": settings, "messages": messages}, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
@@ -246,16 +223,16 @@ def _backoff(attempt: int) -> float:
     return min(0.5 * 2 ** attempt, 8.0) * (1 - 0.25 * random.random())
 
 
-async def complete(client, model: str, settings: Settings, messages: list[dict], max_retries: int) -> dict:
-    """One chat completion. The client retries HTTP failures; a malformed 200 body is retried here,
-    because the client hands it over as it is."""
+async def complete(client, model: str, body: dict, messages: list[dict], max_retries: int) -> dict:
+    """One chat completion; `body`: generation fields (GenerationSettings.openai_kwargs). The client retries HTTP
+    failures; a malformed 200 body is retried here, because the client hands it over as it is."""
     for attempt in range(max_retries + 1):
         # client.post (the client's documented way to raw requests) skips the typed-params transform and model
         # parsing of chat.completions.create, a third of the client's CPU per request; retries are the same.
-        body = await client.post("/chat/completions", cast_to=str,
-                                 body={"model": model, "messages": messages, **settings.request_kwargs()})
+        text = await client.post("/chat/completions", cast_to=str,
+                                 body={"model": model, "messages": messages, **body})
         try:
-            return parse_reply(body)
+            return parse_reply(text)
         except BadResponse:
             if attempt == max_retries:
                 raise
@@ -263,26 +240,26 @@ async def complete(client, model: str, settings: Settings, messages: list[dict],
     raise AssertionError("unreachable")
 
 
-def complete_all(endpoint: Endpoint, settings: Settings, chats: list[list[dict]], requests: Requests,
+def complete_all(endpoint: Endpoint, body: dict, chats: list[list[dict]], requests: Requests,
                  usage: Usage, desc: str = "teacher answering") -> tuple[list[dict | None], list[str | None]]:
     """(replies, failure reasons), both in the order of `chats`. Cached answers are not requested again;
     each new answer is cached as soon as it arrives."""
     cache = ResponseCache(requests.cache)
     identity = endpoint.identity()
-    keys = [cache_key(identity, settings, chat) for chat in chats]
+    keys = [cache_key(identity, body, chat) for chat in chats]
     cached = cache.get_many(keys)
     replies: list[dict | None] = [cached.get(key) for key in keys]
     failures: list[str | None] = [None] * len(chats)
     usage.cache_hits += len(cached)
     missing = [i for i, reply in enumerate(replies) if reply is None]
     if missing:
-        asyncio.run(_fetch(endpoint, settings, chats, keys, missing, requests, cache, usage, replies, failures, desc))
+        asyncio.run(_fetch(endpoint, body, chats, keys, missing, requests, cache, usage, replies, failures, desc))
     cache.close()
     usage.record_used(replies)
     return replies, failures
 
 
-async def _fetch(endpoint, settings, chats, keys, missing, requests, cache, usage, replies, failures, desc) -> None:
+async def _fetch(endpoint, body, chats, keys, missing, requests, cache, usage, replies, failures, desc) -> None:
     async def count_attempt(_request) -> None:
         usage.attempts += 1
 
@@ -293,7 +270,7 @@ async def _fetch(endpoint, settings, chats, keys, missing, requests, cache, usag
     async def one(i: int) -> None:
         async with limit:
             try:
-                reply = await complete(client, endpoint.model, settings, chats[i], requests.max_retries)
+                reply = await complete(client, endpoint.model, body, chats[i], requests.max_retries)
             except (openai.OpenAIError, BadResponse) as err:
                 failures[i] = describe_failure(err, requests.timeout_s)
                 usage.failed += 1
@@ -328,7 +305,7 @@ def probe(endpoint: Endpoint, requests: Requests) -> dict:
     async def ask() -> dict:
         client = endpoint.client(requests.timeout_s, requests.max_retries)
         try:
-            reply = await complete(client, endpoint.model, Settings(max_tokens=1, seed=0),
+            reply = await complete(client, endpoint.model, GenerationSettings.greedy(1).openai_kwargs(seed=0),
                                    [{"role": "user", "content": "Say OK."}], requests.max_retries)
         finally:
             await client.close()
@@ -342,7 +319,7 @@ def probe(endpoint: Endpoint, requests: Requests) -> dict:
     return {"served_model": reply["model"]}
 
 
-def time_requests(endpoint: Endpoint, settings: Settings, chats: list[list[dict]], requests: Requests) -> list[float]:
+def time_requests(endpoint: Endpoint, body: dict, chats: list[list[dict]], requests: Requests) -> list[float]:
     """Seconds per request, sent one at a time and never from the cache: what a caller of the endpoint waits."""
     async def timed() -> list[float]:
         client = endpoint.client(requests.timeout_s, requests.max_retries)
@@ -350,7 +327,7 @@ def time_requests(endpoint: Endpoint, settings: Settings, chats: list[list[dict]
         try:
             for chat in tqdm(chats, desc="timing the endpoint", unit="request"):
                 start = time.perf_counter()
-                await complete(client, endpoint.model, settings, chat, requests.max_retries)
+                await complete(client, endpoint.model, body, chat, requests.max_retries)
                 seconds.append(time.perf_counter() - start)
         finally:
             await client.close()

@@ -1,52 +1,134 @@
-"""The teacher answers unlabelled prompts; each answer is checked against the task's answer schema."""
+"""The teacher labels prompts: it answers each, and each answer is checked against the task's answer schema.
+
+Two teachers share one interface (`answer`, `label`, `save`): a local model in PyTorch (bootstrap or hf
+backend), batched through its chat template and able to keep its top-k log-probs; and an endpoint
+(openai backend), asked concurrently through the response cache, with usage and cost counted.
+"""
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
 
+from slmops.core.config import GenerationSettings, Generate, Params
 from slmops.core.files import write_json, write_jsonl
+from slmops.core.errors import InputError
 from slmops.core.task import Task, check_answer
-from slmops.models.generate import GenerationConfig, generate_answers
+from slmops.models.generate import Answer, generate_answers
 from slmops.models.hf import tokenizer_fingerprint
-from slmops.teacher.endpoint import Endpoint, Requests, Settings, Usage, check_success_ratio, complete_all, unfence
+from slmops.teacher.endpoint import Endpoint, Usage, check_success_ratio, complete_all, served_endpoint, unfence
+from slmops.teacher.local import load_teacher
 from slmops.teacher.selfinstruct import drop_near_duplicates, parse_written, writing_chats
 from slmops.train.logprobs import write_store
 
 
-def label_prompts(model, tokenizer, task: Task, prompts: list[dict], config: GenerationConfig, top_k: int):
-    """(accepted, rejected, answers of accepted, stats). Rejected rows carry the reason."""
-    start = time.perf_counter()
-    answers = generate_answers(model, tokenizer, [task.messages(p["message"]) for p in prompts], config,
-                               top_k_logprobs=top_k, progress="teacher answering")
-    accepted, rejected, kept = [], [], []
-    for prompt, answer in zip(prompts, answers):
-        label, reason = check_answer(task, answer.text)
-        if not answer.finished:
-            label, reason = None, f"no end token within {config.max_new_tokens} new tokens"
-        row = {"id": prompt.get("id"), "message": prompt["message"], "answer": answer.text}
-        if label is None:
-            rejected.append({**row, "reason": reason})
-        else:
-            accepted.append({**row, "label": label})
-            kept.append(answer)
-    stats = {
-        "prompts": len(prompts),
-        "accepted": len(accepted),
-        "rejected": len(rejected),
-        "reject_rate": len(rejected) / len(prompts),
-        "answer_tokens": sum(len(a.token_ids) for a in answers),
-        "timing": {"wall_seconds": round(time.perf_counter() - start, 2)},
-    }
-    return accepted, rejected, kept, stats
+def _stats(prompts: list[dict], accepted: list[dict], rejected: list[dict], start: float) -> dict:
+    return {"prompts": len(prompts), "accepted": len(accepted), "rejected": len(rejected),
+            "reject_rate": len(rejected) / len(prompts), "timing": {"wall_seconds": round(time.perf_counter() - start, 2)}}
 
 
-def write_synthetic(out: Path, accepted: list[dict], rejected: list[dict], answers, tokenizer, top_k: int, teacher: dict) -> None:
-    """accepted.jsonl, rejected.jsonl, meta.json and, with top_k > 0, the log-prob store."""
+def _sort(prompt: dict, text: str | None, label: dict | None, reason: str | None, accepted: list, rejected: list):
+    row = {"id": prompt.get("id"), "message": prompt["message"], "answer": text}
+    if label is None:
+        rejected.append({**row, "reason": reason})
+    else:
+        accepted.append({**row, "label": label})
+
+
+class LocalTeacher:
+    """A teacher model in PyTorch (bootstrap or hf backend); `identity`: its teacher.json record."""
+
+    def __init__(self, model, tokenizer, identity: dict, seed: int, logprobs_top_k: int):
+        self.model, self.tokenizer, self.identity = model, tokenizer, identity
+        self.seed, self.top_k = seed, logprobs_top_k
+        self.kept: list[Answer] = []  # answers of the accepted rows, for the log-prob store
+
+    @classmethod
+    def load(cls, folder: str | Path, seed: int, logprobs_top_k: int) -> LocalTeacher:
+        """The teacher the teacher stage pinned in `folder`; InputError when its weights changed since."""
+        return cls(*load_teacher(folder), seed, logprobs_top_k)
+
+    def answer(self, chats: list[list[dict]], settings: GenerationSettings, desc: str) -> list[str | None]:
+        return [a.text for a in generate_answers(self.model, self.tokenizer, chats, settings, self.seed, progress=desc)]
+
+    def label(self, task: Task, prompts: list[dict], settings: GenerationSettings) -> tuple[list, list, dict]:
+        """(accepted, rejected, stats). Rejected rows carry the reason; an answer cut at max_new_tokens is one."""
+        start = time.perf_counter()
+        answers = generate_answers(self.model, self.tokenizer, [task.messages(p["message"]) for p in prompts],
+                                   settings, self.seed, top_k_logprobs=self.top_k, progress="teacher answering")
+        accepted, rejected = [], []
+        for prompt, answer in zip(prompts, answers, strict=True):
+            label, reason = check_answer(task, answer.text)
+            if not answer.finished:
+                label, reason = None, f"no end token within {settings.max_new_tokens} new tokens"
+            _sort(prompt, answer.text, label, reason, accepted, rejected)
+            if label is not None:
+                self.kept.append(answer)
+        return accepted, rejected, {**_stats(prompts, accepted, rejected, start),
+                                    "answer_tokens": sum(len(a.token_ids) for a in answers)}
+
+    def save(self, out: Path, accepted: list[dict], rejected: list[dict]) -> None:
+        write_synthetic(out, accepted, rejected, self.kept, self.tokenizer, self.top_k, self.identity)
+
+
+class EndpointTeacher:
+    """A teacher behind an OpenAI-compatible endpoint, with the model the endpoint stage recorded."""
+
+    def __init__(self, params: Params):
+        if params.synthesize.logprobs_top_k:
+            raise InputError("synthesize.logprobs_top_k: an endpoint's log-probs are over its own tokens, which a "
+                             "student cannot match; set it to 0 with teacher.backend openai (and distill.kd.alpha: 1)")
+        self.endpoint: Endpoint = served_endpoint(params.teacher)
+        self.requests, self.seed = params.synthesize.requests, params.seed
+        self.response_format, self.prices = params.teacher.openai.response_format, params.teacher.openai.prices
+        self.usage = Usage()
+
+    def _replies(self, chats: list[list[dict]], body: dict, desc: str) -> tuple[list, list]:
+        replies, failures = complete_all(self.endpoint, body, chats, self.requests, self.usage, desc)
+        check_success_ratio(failures, self.requests.min_success_ratio, self.requests.cache)
+        return replies, failures
+
+    def answer(self, chats: list[list[dict]], settings: GenerationSettings, desc: str) -> list[str | None]:
+        replies, _ = self._replies(chats, settings.openai_kwargs(self.seed), desc)
+        return [reply["content"] if reply else None for reply in replies]
+
+    def label(self, task: Task, prompts: list[dict], settings: GenerationSettings) -> tuple[list, list, dict]:
+        """(accepted, rejected, stats). Fails when fewer requests than synthesize.requests.min_success_ratio
+        succeed; the answers received stay cached either way."""
+        start = time.perf_counter()
+        body = settings.openai_kwargs(self.seed, self.response_format)
+        replies, failures = self._replies([task.messages(p["message"]) for p in prompts], body, "teacher answering")
+        accepted, rejected = [], []
+        for prompt, reply, failure in zip(prompts, replies, failures, strict=True):
+            if failure is not None:
+                _sort(prompt, None, None, f"request failed: {failure}", accepted, rejected)
+                continue
+            text = unfence(reply["content"])
+            label, reason = check_answer(task, text)
+            if reply["finish_reason"] == "length":
+                label, reason = None, f"cut at {body['max_tokens']} tokens (finish_reason length)"
+            _sort(prompt, text, label, reason, accepted, rejected)
+        return accepted, rejected, {**_stats(prompts, accepted, rejected, start),
+                                    "usage": self.usage.summary(self.prices.model_dump())}
+
+    def save(self, out: Path, accepted: list[dict], rejected: list[dict]) -> None:
+        write_synthetic(out, accepted, rejected, [], None, 0, self.endpoint.identity())
+
+
+def teacher_for(params: Params, folder: str | Path = "models/teacher") -> LocalTeacher | EndpointTeacher:
+    """The teacher that params.teacher.backend names."""
+    if params.teacher.backend == "openai":
+        return EndpointTeacher(params)
+    return LocalTeacher.load(folder, params.seed, params.synthesize.logprobs_top_k)
+
+
+def write_synthetic(out: Path, accepted: list[dict], rejected: list[dict], answers, tokenizer, top_k: int,
+                    teacher: dict) -> None:
+    """accepted.jsonl, rejected.jsonl, meta.json and, with top_k > 0, the log-prob store (slmops.train.logprobs)."""
     if top_k and accepted:
         offsets = write_store(out, [a.token_ids for a in answers], [a.topk_ids for a in answers],
                               [a.topk_logprobs for a in answers])
-        for row, answer, offset in zip(accepted, answers, offsets):
+        for row, answer, offset in zip(accepted, answers, offsets, strict=True):
             row["token_offset"], row["token_count"] = offset, len(answer.token_ids)
     write_jsonl(out / "accepted.jsonl", accepted)
     write_jsonl(out / "rejected.jsonl", rejected)
@@ -54,38 +136,25 @@ def write_synthetic(out: Path, accepted: list[dict], rejected: list[dict], answe
     write_json(out / "meta.json", {"logprobs_top_k": top_k, "tokenizer_sha256": fingerprint, "teacher": teacher})
 
 
-def label_with_endpoint(endpoint: Endpoint, task: Task, prompts: list[dict], settings: Settings,
-                        requests: Requests, usage: Usage):
-    """(accepted, rejected, stats) from an endpoint teacher. Fails when fewer requests than
-    synthesize.requests.min_success_ratio succeed; the answers received stay cached either way."""
-    start = time.perf_counter()
-    chats = [task.messages(p["message"]) for p in prompts]
-    replies, failures = complete_all(endpoint, settings, chats, requests, usage)
-    check_success_ratio(failures, requests.min_success_ratio, requests.cache)
-    accepted, rejected = [], []
-    for prompt, reply, failure in zip(prompts, replies, failures):
-        row = {"id": prompt.get("id"), "message": prompt["message"]}
-        if failure is not None:
-            rejected.append({**row, "answer": None, "reason": f"request failed: {failure}"})
-            continue
-        text = unfence(reply["content"])
-        label, reason = check_answer(task, text)
-        if reply["finish_reason"] == "length":
-            label, reason = None, f"cut at {settings.max_tokens} tokens (finish_reason length)"
-        if label is None:
-            rejected.append({**row, "answer": text, "reason": reason})
-        else:
-            accepted.append({**row, "answer": text, "label": label})
-    stats = {"prompts": len(prompts), "accepted": len(accepted), "rejected": len(rejected),
-             "reject_rate": len(rejected) / len(prompts), "timing": {"wall_seconds": round(time.perf_counter() - start, 2)}}
-    return accepted, rejected, stats
-
-
-def write_new_prompts(answer_all, generate: dict, seed_messages: list[str], existing: list[str], seed: int):
-    """(new prompt rows, stats): the teacher writes prompts from seed examples (self-instruct); near-duplicates
-    of existing prompts or of each other are dropped. `answer_all(chats)` returns the teacher's texts."""
-    chats = writing_chats(seed_messages, generate["requests"], generate["prompts_per_request"], generate["examples"], seed)
+def write_new_prompts(answer_all, generate: Generate, seed_messages: list[str], existing: list[str], seed: int):
+    """(new prompt rows, stats): the teacher writes prompts from seed examples (self-instruct, Wang et al. 2023,
+    arXiv:2212.10560); near-duplicates of existing prompts or of each other are dropped.
+    `answer_all(chats)` returns the teacher's texts (None for a failed request)."""
+    chats = writing_chats(seed_messages, generate.requests, generate.prompts_per_request, generate.examples, seed)
     written = [prompt for text in answer_all(chats) if text for prompt in parse_written(text)]
-    kept, dropped = drop_near_duplicates(written, existing, generate["max_similarity"])
+    kept, dropped = drop_near_duplicates(written, existing, generate.max_similarity)
     rows = [{"id": f"written-{i:05d}", "message": message} for i, message in enumerate(kept)]
     return rows, {"requests": len(chats), "written": len(written), "near_duplicates_dropped": dropped, "kept": len(kept)}
+
+
+def with_written_prompts(teacher: LocalTeacher | EndpointTeacher, params: Params, seeds: list[str],
+                         prompts: list[dict]) -> tuple[list[dict], list[dict], dict]:
+    """(prompts to label, prompts the teacher wrote, stats): the same prompts when synthesize.mode is label."""
+    if params.synthesize.mode == "label":
+        return prompts, [], {}
+    generate = params.synthesize.generate
+    settings = GenerationSettings.at_temperature(generate.max_tokens, generate.temperature,
+                                                 params.synthesize.generation.batch_size)
+    written, stats = write_new_prompts(lambda chats: teacher.answer(chats, settings, "teacher writing prompts"),
+                                       generate, seeds, seeds + [p["message"] for p in prompts], params.seed)
+    return prompts + written, written, {"generate": stats}

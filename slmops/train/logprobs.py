@@ -22,8 +22,8 @@ def write_store(folder: Path, token_ids: list[list[int]], topk_ids: list[np.ndar
     return offsets
 
 
-class Store:
-    """Read access to a store written by `write_store`."""
+class LogProbReader:
+    """Read access to the arrays `write_store` wrote (memory-mapped)."""
 
     def __init__(self, folder: str | Path):
         folder = Path(folder)
@@ -32,5 +32,6 @@ class Store:
         self.topk_logprobs = np.load(folder / "topk_logprobs.npy", mmap_mode="r")
 
     def record(self, offset: int, count: int) -> tuple[list[int], np.ndarray, np.ndarray]:
+        """(answer token ids, top-k ids (count, k) int32, top-k log-probs (count, k) float32) of one record."""
         rows = slice(offset, offset + count)
         return self.tokens[rows].tolist(), np.asarray(self.topk_ids[rows]), np.asarray(self.topk_logprobs[rows], dtype=np.float32)

@@ -9,6 +9,7 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
 from transformers import AutoModelForCausalLM
 
+from slmops.core.config import Lora
 from slmops.core.errors import InputError
 
 
@@ -34,15 +35,15 @@ def load_base(folder: Path, method: str):
     return prepare_model_for_kbit_training(base)
 
 
-def with_adapter(base, lora: dict):
-    """Wrap `base` with LoRA adapters; a target module the model lacks is named in the error."""
+def with_adapter(base, lora: Lora):
+    """Wrap `base` with peft LoRA adapters; InputError naming any target module the model lacks."""
     present = {name.rsplit(".", 1)[-1] for name, _ in base.named_modules()}
-    missing = [m for m in lora["target_modules"] if m not in present]
+    missing = [m for m in lora.target_modules if m not in present]
     if missing:
         raise InputError(f"finetune.lora.target_modules: {', '.join(missing)} not in the model "
                          f"(its linear layers include: {', '.join(sorted(n for n in present if n.endswith('proj')))})")
-    config = LoraConfig(r=lora["r"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"],
-                        target_modules=list(lora["target_modules"]), task_type="CAUSAL_LM")
+    config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                        target_modules=list(lora.target_modules), task_type="CAUSAL_LM")
     return get_peft_model(base, config)
 
 

@@ -2,23 +2,27 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import torch
 from transformers import AutoTokenizer
 
+from slmops.core.config import KD, Student
 from slmops.core.errors import InputError
 from slmops.core.task import Task, render_answer
 from slmops.models.hf import build_llama, load_model_and_tokenizer, resolve_model, tokenizer_fingerprint
 from slmops.train.data import attach_teacher_logprobs, encode_chat
-from slmops.train.logprobs import Store
+from slmops.train.logprobs import LogProbReader
 
 
-def make_student(student: dict, teacher_dir: str | Path, seed: int):
+log = logging.getLogger(__name__)
+
+def make_student(student: Student, teacher_dir: str | Path, seed: int):
     """(model, tokenizer): an existing model from `student.model`, or a new Llama from `student.config`
-    that shares the teacher's tokenizer."""
-    if student["model"]:
-        folder, _ = resolve_model(student["model"], student["revision"], "student.model")
+    that shares the teacher's tokenizer. InputError when the teacher has no tokenizer to share."""
+    if student.model:
+        folder, _ = resolve_model(student.model, student.revision, "student.model")
         model, tokenizer = load_model_and_tokenizer(folder)
         return model.train(), tokenizer
     if not (Path(teacher_dir) / "tokenizer_config.json").is_file():
@@ -27,26 +31,28 @@ def make_student(student: dict, teacher_dir: str | Path, seed: int):
                          "to a model folder or hub id, e.g. Qwen/Qwen2.5-0.5B-Instruct")
     teacher_tokenizer = AutoTokenizer.from_pretrained(teacher_dir)
     torch.manual_seed(seed)
-    return build_llama(student["config"], teacher_tokenizer), teacher_tokenizer
+    return build_llama(student.config, teacher_tokenizer), teacher_tokenizer
 
 
-def use_logit_kd(kd: dict, meta: dict, student_tokenizer) -> bool:
-    """Whether the KD term applies; a tokenizer mismatch is an error unless params ask for CE only."""
-    if kd["alpha"] >= 1.0:
+def use_logit_kd(kd: KD, meta: dict, student_tokenizer) -> bool:
+    """Whether the KD term applies (`meta`: data/synthetic/meta.json); a tokenizer mismatch is an InputError
+    unless params ask for CE only."""
+    if kd.alpha >= 1.0:
         return False
     if not meta["logprobs_top_k"]:
         raise InputError("distill.kd.alpha < 1 needs teacher log-probs, but synthesize.logprobs_top_k is 0; "
                          "set logprobs_top_k > 0 or distill.kd.alpha: 1")
     if tokenizer_fingerprint(student_tokenizer) != meta["tokenizer_sha256"]:
-        if kd["on_tokenizer_mismatch"] == "ce_only":
-            print("warning: student and teacher tokenizers differ; training on cross-entropy only (distill.kd.on_tokenizer_mismatch: ce_only)")
+        if kd.on_tokenizer_mismatch == "ce_only":
+            log.warning("student and teacher tokenizers differ; training on cross-entropy only "
+                        "(distill.kd.on_tokenizer_mismatch: ce_only)")
             return False
         raise InputError("distill.kd: student and teacher tokenizers differ, so the teacher's log-probs cannot be matched "
                          "token by token; use a student with the teacher's tokenizer, or set distill.kd.on_tokenizer_mismatch: ce_only")
     return True
 
 
-def distillation_examples(task: Task, tokenizer, accepted: list[dict], store: Store | None) -> list[dict]:
+def distillation_examples(task: Task, tokenizer, accepted: list[dict], store: LogProbReader | None) -> list[dict]:
     """With a store, the teacher's own answer tokens and log-probs; otherwise its answers re-tokenised."""
     examples = []
     for row in accepted:

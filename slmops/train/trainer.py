@@ -7,7 +7,6 @@ loss; distillation examples also carry the teacher's top-k log-probs for each an
 from __future__ import annotations
 
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -15,34 +14,16 @@ import torch.nn.functional as F
 from transformers import Trainer, TrainingArguments
 from transformers.integrations import DVCLiveCallback
 
+from slmops.core.config import KD, Train
 from slmops.core.files import atomic_dir
 from slmops.train import losses
 from slmops.train.data import IGNORE, Collator
 
 
-@dataclass
-class TrainConfig:
-    epochs: float
-    batch_size: int
-    learning_rate: float
-    weight_decay: float = 0.0
-    warmup_ratio: float = 0.0
-    seed: int = 0
-    logging_steps: int = 10
-
-
-@dataclass
-class KDConfig:
-    alpha: float  # weight of cross-entropy; (1 - alpha) goes to the KD term
-    loss: str  # forward_kl | reverse_kl | jsd
-    temperature: float
-    beta: float = 0.5  # JSD only
-
-
 class DistillationTrainer(Trainer):
     """Trainer whose loss is alpha * CE + (1 - alpha) * T^2 * KD when the batch has teacher log-probs."""
 
-    def __init__(self, *args, kd: KDConfig | None = None, **kwargs):
+    def __init__(self, *args, kd: KD | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.kd = kd
 
@@ -63,9 +44,15 @@ class DistillationTrainer(Trainer):
         return (loss, outputs) if return_outputs else loss
 
 
-def train(model, tokenizer, examples: list[dict], config: TrainConfig, live_dir: str | Path, kd: KDConfig | None = None):
-    """Train `model` in place on encoded examples; loss curves go to `live_dir` through dvclive
-    (written in full at the end, so a killed run leaves the previous curves)."""
+LOGGING_STEPS = 10
+
+
+def train(model, tokenizer, examples: list[dict], config: Train, seed: int, live_dir: str | Path,
+          kd: KD | None = None) -> dict:
+    """Train `model` in place on encoded examples (slmops.train.data); returns {train_loss, steps}.
+
+    Loss curves go to `live_dir` through dvclive, written in full at the end, so a killed run leaves the previous
+    curves. With `kd`, batches that carry teacher log-probs add the KD term (DistillationTrainer)."""
     from dvclive import Live
 
     with tempfile.TemporaryDirectory(prefix="slmops-trainer-") as scratch, atomic_dir(live_dir) as live_tmp:
@@ -77,11 +64,11 @@ def train(model, tokenizer, examples: list[dict], config: TrainConfig, live_dir:
             weight_decay=config.weight_decay,
             warmup_steps=config.warmup_ratio,  # transformers 5 reads a value below 1 as a fraction of all steps
             lr_scheduler_type="cosine",
-            logging_steps=config.logging_steps,
+            logging_steps=LOGGING_STEPS,
             save_strategy="no",
             report_to="none",
-            seed=config.seed,
-            data_seed=config.seed,
+            seed=seed,
+            data_seed=seed,
             use_cpu=not torch.cuda.is_available(),
             dataloader_num_workers=0,
             remove_unused_columns=False,
