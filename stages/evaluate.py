@@ -64,7 +64,9 @@ def main() -> None:
         for name, points in quantiles.items():
             write_json(out / f"{name}.json", points)
     write_json(REPORTS / "plots" / "accuracy_size.json", accuracy_size)
-    atomic_write_text(REPORTS / "report.md", render(summary, params.quantize.model_dump(), len(rows), git_revision()))
+    shipped = {"precision": params.quantize.precision, "engine": params.quantize.engine,
+               "execution_provider": params.quantize.execution_provider}
+    atomic_write_text(REPORTS / "report.md", render(summary, shipped, len(rows), git_revision()))
     write_json(REPORTS / "metrics.json", summary)
 
 

@@ -316,7 +316,7 @@ def test_wrong_params_for_the_openai_backend_are_named(project, teacher, rows):
     params["teacher"]["openai"]["base_url"] = None
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     result = stage(project, "endpoint")
-    assert result.returncode == 2 and "teacher.openai.base_url: None is not of type 'string'" in result.stderr
+    assert result.returncode == 2 and "teacher.openai.base_url: must be set with backend openai" in result.stderr
     assert (project / "data/endpoint.json").read_text() == before  # nothing written
 
 

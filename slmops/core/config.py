@@ -51,10 +51,10 @@ class LlamaShape(Section):
     @model_validator(mode="after")
     def _heads_divide(self) -> LlamaShape:
         if self.hidden_size % self.num_attention_heads:
-            raise ValueError(f"num_attention_heads ({self.num_attention_heads}) must divide hidden_size "
+            raise ValueError(f"num_attention_heads: {self.num_attention_heads} must divide hidden_size "
                              f"({self.hidden_size})")
         if self.num_attention_heads % self.num_key_value_heads:
-            raise ValueError(f"num_key_value_heads ({self.num_key_value_heads}) must divide num_attention_heads "
+            raise ValueError(f"num_key_value_heads: {self.num_key_value_heads} must divide num_attention_heads "
                              f"({self.num_attention_heads})")
         return self
 
@@ -162,9 +162,9 @@ class Teacher(Section):
     @model_validator(mode="after")
     def _backend_needs(self) -> Teacher:
         if self.backend in ("hf", "openai") and not self.model:
-            raise ValueError(f"model must name the model (a folder, hub id or deployment) with backend {self.backend}")
+            raise ValueError(f"model: must name the model (a folder, hub id or deployment) with backend {self.backend}")
         if self.backend == "openai" and not self.openai.base_url:
-            raise ValueError("openai.base_url must be set with backend openai")
+            raise ValueError("openai.base_url: must be set with backend openai")
         return self
 
 
@@ -239,7 +239,7 @@ class Lora(Section):
     @model_validator(mode="after")
     def _unique(self) -> Lora:
         if len(set(self.target_modules)) != len(self.target_modules):
-            raise ValueError("target_modules lists a module twice")
+            raise ValueError("target_modules: lists a module twice")
         return self
 
 

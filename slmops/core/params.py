@@ -8,6 +8,7 @@ with `dvc params diff`. A value YAML reads as a date (unquoted 2024-10-21) is re
 from __future__ import annotations
 
 import datetime
+import re
 from pathlib import Path
 
 from pydantic import BaseModel, ValidationError
@@ -67,6 +68,9 @@ def _describe(error: dict) -> str:
     if error["type"] == "missing":
         return f"{where}: missing (params.yaml holds every key; see params.schema.json)"
     message = error["msg"].removeprefix("Value error, ")
+    if error["type"] == "value_error" and re.match(r"^[\w.]+: ", message):  # a cross-field check names its key
+        key, message = message.split(": ", 1)
+        loc, where = (*loc, *key.split(".")), f"{where}.{key}"
     description = _description(loc)
     hint = f" ({description})" if description else ""
     if error["type"].endswith(("_type", "_parsing")) or error["type"] in ("literal_error", "enum"):

@@ -77,9 +77,15 @@ def check_answer(task: Task, text: str) -> tuple[dict | None, str | None]:
 
 
 def _normalise(task: Task, field: str, value):
+    """A value as scored: strings stripped (lower-cased for case-insensitive fields), list items alike and in
+    order; a boolean kept apart from the numbers it equals in Python (true is not 1)."""
     if isinstance(value, str):
         value = value.strip()
         return value.lower() if field in task.case_insensitive else value
+    if isinstance(value, list):
+        return [_normalise(task, field, item) for item in value]
+    if isinstance(value, bool):
+        return ("bool", value)
     return value
 
 
