@@ -17,7 +17,7 @@ pipeline: $(STAMP)
 	. $(VENV)/bin/activate && dvc repro
 
 test: $(STAMP) azurite
-	. $(VENV)/bin/activate && pytest
+	. $(VENV)/bin/activate && ruff check . && ruff format --check . && pytest
 
 # Benchmarks of the default pipeline's models (builds them first if needed).
 bench: $(STAMP)

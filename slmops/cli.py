@@ -1,12 +1,12 @@
 """The `slmops` command line.
 
-    slmops validate [--params params.yaml]     check params against params.schema.json
-    slmops eval MODEL_DIR [--limit N]           exact match of a model folder on the eval set
-    slmops make-data [--out data]               regenerate the embedded task data (deterministic)
-    slmops package verify DIR                   re-hash, run in onnxruntime-genai and in Foundry Local
-    slmops chat DIR [MESSAGE]                   ask a packaged (or exported) model; no MESSAGE: interactive
-    slmops report --base REV [--head REV]       Markdown diff of metrics and params, with gates (exit 1: a gate failed)
-    slmops serve DIR [--host H] [--port P]      OpenAI-compatible HTTP server over a packaged model
+slmops validate [--params params.yaml]     check params against params.schema.json
+slmops eval MODEL_DIR [--limit N]           exact match of a model folder on the eval set
+slmops make-data [--out data]               regenerate the embedded task data (deterministic)
+slmops package verify DIR                   re-hash, run in onnxruntime-genai and in Foundry Local
+slmops chat DIR [MESSAGE]                   ask a packaged (or exported) model; no MESSAGE: interactive
+slmops report --base REV [--head REV]       Markdown diff of metrics and params, with gates (exit 1: a gate failed)
+slmops serve DIR [--host H] [--port P]      OpenAI-compatible HTTP server over a packaged model
 """
 
 from __future__ import annotations
@@ -92,8 +92,10 @@ def cmd_chat(args) -> int:
         prompt = model.prompt_tokens(history)
         if len(prompt) >= model.context_length:
             history.pop()
-            raise InputError(f"the message is {len(prompt)} tokens with the chat template; the model's context "
-                             f"is {model.context_length}")
+            raise InputError(
+                f"the message is {len(prompt)} tokens with the chat template; the model's context "
+                f"is {model.context_length}"
+            )
         pieces = []
         for piece in model.stream(history, args.max_new_tokens, prompt=prompt):
             print(piece, end="", flush=True)
@@ -136,8 +138,14 @@ def cmd_report(args) -> int:
     gates = check_gates(rows, {key: gate.model_dump(exclude_none=True) for key, gate in head.gates.items()})
     out = Path(args.out)
     plots = plot_pngs(base_plots, head_plots, out.parent / args.plots_dir)
-    markdown = render(args.base, args.head, rows, changed_params(base_params, head_params), gates,
-                      {title: f"{args.plots_dir}/{name}" for title, name in plots.items()})
+    markdown = render(
+        args.base,
+        args.head,
+        rows,
+        changed_params(base_params, head_params),
+        gates,
+        {title: f"{args.plots_dir}/{name}" for title, name in plots.items()},
+    )
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(markdown)
     print(markdown)
@@ -170,7 +178,9 @@ def main(argv: list[str] | None = None) -> int:
     make_data.add_argument("--out", default="data")
     make_data.set_defaults(run=cmd_make_data)
     package = sub.add_parser("package", help="Foundry Local package tools").add_subparsers(dest="action", required=True)
-    verify = package.add_parser("verify", help="re-hash against manifest.json, run in onnxruntime-genai and Foundry Local")
+    verify = package.add_parser(
+        "verify", help="re-hash against manifest.json, run in onnxruntime-genai and Foundry Local"
+    )
     verify.add_argument("dir")
     verify.add_argument("--message", default="Hello", help="the user message both runtimes answer")
     verify.add_argument("--system", default=None, help="system message (default: the package's task instruction)")
@@ -181,8 +191,11 @@ def main(argv: list[str] | None = None) -> int:
     chat.add_argument("message", nargs="?")
     chat.add_argument("--system", default=None, help="system message (default: the package's task instruction)")
     chat.add_argument("--max-new-tokens", type=int, default=128)
-    chat.add_argument("--history", action="store_true",
-                      help="keep the conversation (default: each message on its own, as a one-task model expects)")
+    chat.add_argument(
+        "--history",
+        action="store_true",
+        help="keep the conversation (default: each message on its own, as a one-task model expects)",
+    )
     chat.set_defaults(run=cmd_chat)
     report = sub.add_parser("report", help="Markdown report of metrics and params, base against head, with gates")
     report.add_argument("--base", required=True, help="git revision to compare against (a branch, tag or commit)")

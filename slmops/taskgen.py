@@ -15,8 +15,21 @@ import random
 from pathlib import Path
 
 PRODUCTS = [
-    "headphones", "laptop", "phone case", "charger", "smartwatch", "keyboard", "monitor",
-    "blender", "coffee maker", "vacuum", "backpack", "sneakers", "tablet", "speaker", "camera",
+    "headphones",
+    "laptop",
+    "phone case",
+    "charger",
+    "smartwatch",
+    "keyboard",
+    "monitor",
+    "blender",
+    "coffee maker",
+    "vacuum",
+    "backpack",
+    "sneakers",
+    "tablet",
+    "speaker",
+    "camera",
 ]
 
 # Each intent: message bodies. {p} is the product phrase, {o} the order phrase.
@@ -76,18 +89,31 @@ PRODUCTLESS_INTENTS = {"account_access"}
 ORDERLESS_INTENTS = {"product_question", "account_access"}
 
 URGENCY_CUES = {
-    "high": ["this is urgent", "I need this fixed today", "please help asap", "it is an emergency",
-             "I need an answer right now"],
-    "medium": ["please get back to me soon", "I would like an answer this week",
-               "let me know when you can", ""],
+    "high": [
+        "this is urgent",
+        "I need this fixed today",
+        "please help asap",
+        "it is an emergency",
+        "I need an answer right now",
+    ],
+    "medium": ["please get back to me soon", "I would like an answer this week", "let me know when you can", ""],
     "low": ["no rush", "whenever you have time", "it is not urgent", "take your time"],
 }
 SENTIMENT_CUES = {
-    "negative": ["this is ridiculous", "I am very disappointed", "worst service ever",
-                 "I am really angry", "this is unacceptable"],
+    "negative": [
+        "this is ridiculous",
+        "I am very disappointed",
+        "worst service ever",
+        "I am really angry",
+        "this is unacceptable",
+    ],
     "neutral": ["", "thanks", "regards"],
-    "positive": ["I love your shop", "thank you so much, you are great",
-                 "your team has always been wonderful", "I really appreciate your help"],
+    "positive": [
+        "I love your shop",
+        "thank you so much, you are great",
+        "your team has always been wonderful",
+        "I really appreciate your help",
+    ],
 }
 GREETINGS = ["", "", "hi,", "hello,", "hey", "good morning,", "dear support,"]
 ORDER_PHRASES = [" from order {id}", " (order {id})", ", order number {id},", " in order {id}", " #{id}"]
@@ -104,7 +130,7 @@ def typo(word: str, rng: random.Random) -> str:
     if len(word) < 4 or not word.isalpha():
         return word
     i = rng.randint(1, len(word) - 3)
-    return word[:i] + word[i + 1] + word[i] + word[i + 2:]
+    return word[:i] + word[i + 1] + word[i] + word[i + 2 :]
 
 
 def add_typos(text: str, protected: set[str], rng: random.Random, rate: float) -> str:
@@ -124,7 +150,10 @@ def make_example(rng: random.Random) -> dict:
     order_phrase = rng.choice(ORDER_PHRASES).format(id=oid) if oid else ""
     body = body.format(p=product_phrase, o=order_phrase)
 
-    parts = [rng.choice(GREETINGS), body + rng.choice([".", "!", "", "?"] if sentiment != "negative" else ["!", "!!", "."])]
+    parts = [
+        rng.choice(GREETINGS),
+        body + rng.choice([".", "!", "", "?"] if sentiment != "negative" else ["!", "!!", "."]),
+    ]
     cues = [rng.choice(URGENCY_CUES[urgency]), rng.choice(SENTIMENT_CUES[sentiment])]
     rng.shuffle(cues)
     parts += [c + "." for c in cues if c]

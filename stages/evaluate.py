@@ -17,13 +17,25 @@ from slmops.core.errors import InputError, exits_2_on_input_error
 from slmops.core.files import atomic_dir, atomic_write_text, write_json, write_jsonl
 from slmops.core.params import load_params
 from slmops.core.task import load_task, read_labelled
-from slmops.eval.evaluate import (EndpointVariant, OnnxVariant, TorchVariant, Variant, Workload, evaluate_all,
-                                  metrics, plot_rows)
+from slmops.eval.evaluate import (
+    EndpointVariant,
+    OnnxVariant,
+    TorchVariant,
+    Variant,
+    Workload,
+    evaluate_all,
+    metrics,
+    plot_rows,
+)
 from slmops.report.run import git_revision, render
 from slmops.teacher.endpoint import served_endpoint
 
-MODELS = {"teacher": Path("models/teacher"), "student": Path("models/student"), "finetuned": Path("models/finetuned"),
-          "quantized": Path("models/onnx")}
+MODELS = {
+    "teacher": Path("models/teacher"),
+    "student": Path("models/student"),
+    "finetuned": Path("models/finetuned"),
+    "quantized": Path("models/onnx"),
+}
 REPORTS = Path("reports")
 
 
@@ -35,11 +47,17 @@ def variants_for(params: Params) -> list[Variant]:
     teacher = params.teacher
     return [
         EndpointVariant("teacher", served_endpoint(teacher), params.synthesize.requests, teacher.openai.response_format)
-        if teacher.backend == "openai" else TorchVariant("teacher", MODELS["teacher"]),
+        if teacher.backend == "openai"
+        else TorchVariant("teacher", MODELS["teacher"]),
         TorchVariant("student", MODELS["student"]),
         TorchVariant("finetuned", MODELS["finetuned"]),
-        OnnxVariant("quantized", MODELS["quantized"], params.quantize.execution_provider, params.quantize.precision,
-                    source="finetuned"),
+        OnnxVariant(
+            "quantized",
+            MODELS["quantized"],
+            params.quantize.execution_provider,
+            params.quantize.precision,
+            source="finetuned",
+        ),
     ]
 
 
@@ -50,8 +68,14 @@ def main() -> None:
     task = load_task(params.task.dir)
     rows = read_labelled(params.data.eval, task)[: evaluate.limit]
     timed = [rows[i % len(rows)] for i in range(evaluate.speed.warmup + evaluate.speed.repeats)]
-    work = Workload(task, rows, evaluate.generation, params.seed, [task.messages(r["message"]) for r in timed],
-                    evaluate.speed.warmup)
+    work = Workload(
+        task,
+        rows,
+        evaluate.generation,
+        params.seed,
+        [task.messages(r["message"]) for r in timed],
+        evaluate.speed.warmup,
+    )
     results = evaluate_all(variants_for(params), work)
 
     figures = {name: result.figures for name, result in results.items()}
@@ -64,8 +88,11 @@ def main() -> None:
         for name, points in quantiles.items():
             write_json(out / f"{name}.json", points)
     write_json(REPORTS / "plots" / "accuracy_size.json", accuracy_size)
-    shipped = {"precision": params.quantize.precision, "engine": params.quantize.engine,
-               "execution_provider": params.quantize.execution_provider}
+    shipped = {
+        "precision": params.quantize.precision,
+        "engine": params.quantize.engine,
+        "execution_provider": params.quantize.execution_provider,
+    }
     atomic_write_text(REPORTS / "report.md", render(summary, shipped, len(rows), git_revision()))
     write_json(REPORTS / "metrics.json", summary)
 

@@ -49,10 +49,23 @@ def main() -> None:
     with atomic_dir(FOUNDRY) as root:
         manifest = build_package(root / name, ONNX, name, version, task, card)
         result = verify(root / name, task.messages(example), package.verify.max_output_tokens)
-        log.info("package %s: %d files verified; onnxruntime-genai answered %r; Foundry Local answered %r",
-                 name, result.files, result.genai_answer, result.foundry_answer)
-    write_json(REPORTS / "package.json", {"name": name, "version": version, "files": len(manifest["files"]),
-                                          "bytes": sum(f["bytes"] for f in manifest["files"]), "verified": True})
+        log.info(
+            "package %s: %d files verified; onnxruntime-genai answered %r; Foundry Local answered %r",
+            name,
+            result.files,
+            result.genai_answer,
+            result.foundry_answer,
+        )
+    write_json(
+        REPORTS / "package.json",
+        {
+            "name": name,
+            "version": version,
+            "files": len(manifest["files"]),
+            "bytes": sum(f["bytes"] for f in manifest["files"]),
+            "verified": True,
+        },
+    )
 
 
 if __name__ == "__main__":

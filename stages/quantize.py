@@ -43,16 +43,22 @@ def main() -> None:
         export_seconds = time.perf_counter() - started
 
         torch_model, tokenizer = load_model_and_tokenizer(FINETUNED)
-        prompts, answers = parity_inputs(torch_model, tokenizer, [task.messages(r["message"]) for r in rows],
-                                         params.evaluate.generation.max_new_tokens)
+        prompts, answers = parity_inputs(
+            torch_model,
+            tokenizer,
+            [task.messages(r["message"]) for r in rows],
+            params.evaluate.generation.max_new_tokens,
+        )
         parity = check_parity(torch_model, OnnxChatModel(out, quantize.execution_provider), prompts, answers)
         log.info("parity: %s", parity)
-        failure = parity.failure(quantize.precision, quantize.parity.max_abs_logit_diff,
-                                 quantize.parity.min_greedy_agreement)
+        failure = parity.failure(
+            quantize.precision, quantize.parity.max_abs_logit_diff, quantize.parity.min_greedy_agreement
+        )
         if failure:
             raise SystemExit(f"quantize: parity check failed: {failure}")
         record = {
-            "engine": quantize.engine, "precision": quantize.precision,
+            "engine": quantize.engine,
+            "precision": quantize.precision,
             "execution_provider": quantize.execution_provider,
             "export_seconds": round(export_seconds, 2),
             "size_bytes": folder_size(out),

@@ -29,12 +29,16 @@ def main() -> None:
     task = load_task(params.task.dir)
     prompts = read_jsonl(params.data.prompts, required=("message",))[: params.synthesize.limit]
     teacher = teacher_for(params, TEACHER)
-    seeds = [r["message"] for r in read_labelled(params.data.labelled, task)] if params.synthesize.mode != "label" else []
+    seeds = (
+        [r["message"] for r in read_labelled(params.data.labelled, task)] if params.synthesize.mode != "label" else []
+    )
     prompts, written, stats = with_written_prompts(teacher, params, seeds, prompts)
     accepted, rejected, label_stats = teacher.label(task, prompts, params.synthesize.generation)
     if not accepted:
-        raise InputError(f"the teacher produced no schema-valid answer for {len(rejected)} prompts; "
-                         f"first reason: {rejected[0]['reason']}")
+        raise InputError(
+            f"the teacher produced no schema-valid answer for {len(rejected)} prompts; "
+            f"first reason: {rejected[0]['reason']}"
+        )
     with atomic_dir(OUT) as out:
         teacher.save(out, accepted, rejected)
         if written:

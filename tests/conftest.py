@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from slmops.core.task import load_task, render_answer
 from slmops.core.params import parse_params
+from slmops.core.task import load_task, render_answer
 from slmops.models.hf import build_llama, train_chat_tokenizer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -24,8 +24,26 @@ def default(section: str, **changes):
     return type(value).model_validate({**value.model_dump(), **changes})
 
 
-TINY_LLAMA = default("student.config", hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                     num_key_value_heads=2, intermediate_size=64, max_position_embeddings=256, tie_word_embeddings=True)
+# A small teacher shape for whole-pipeline tests: trains in seconds, answers well enough to be labelled.
+TINY_TEACHER = {
+    "hidden_size": 48,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "num_key_value_heads": 2,
+    "intermediate_size": 96,
+    "max_position_embeddings": 256,
+    "tie_word_embeddings": True,
+}
+TINY_LLAMA = default(
+    "student.config",
+    hidden_size=32,
+    num_hidden_layers=1,
+    num_attention_heads=2,
+    num_key_value_heads=2,
+    intermediate_size=64,
+    max_position_embeddings=256,
+    tie_word_embeddings=True,
+)
 
 
 @pytest.fixture(scope="session")
@@ -106,11 +124,26 @@ def azurite(tmp_path):
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    server = subprocess.Popen([str(AZURITE), "--blobHost", "127.0.0.1", "--blobPort", str(port),
-                               "--location", str(tmp_path / "azurite"), "--skipApiVersionCheck", "--loose", "--silent"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    connection = (f"DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey={AZURITE_KEY};"
-                  f"BlobEndpoint=http://127.0.0.1:{port}/devstoreaccount1;")
+    server = subprocess.Popen(
+        [
+            str(AZURITE),
+            "--blobHost",
+            "127.0.0.1",
+            "--blobPort",
+            str(port),
+            "--location",
+            str(tmp_path / "azurite"),
+            "--skipApiVersionCheck",
+            "--loose",
+            "--silent",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    connection = (
+        f"DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey={AZURITE_KEY};"
+        f"BlobEndpoint=http://127.0.0.1:{port}/devstoreaccount1;"
+    )
     try:
         deadline = time.time() + 30
         while True:

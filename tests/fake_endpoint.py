@@ -21,14 +21,16 @@ FAULTS = ("429", "500", "400", "slow", "malformed", "garbage", "drop")
 
 
 class FakeTeacher:
-    def __init__(self, labels: dict[str, dict], latency_s: float = 0.0, slow_s: float = 2.0, model: str = "fake-teacher-2026-01"):
-        self.labels = labels            # user message -> label
-        self.latency_s = latency_s      # added to every request
-        self.slow_s = slow_s            # how long a "slow" fault waits
+    def __init__(
+        self, labels: dict[str, dict], latency_s: float = 0.0, slow_s: float = 2.0, model: str = "fake-teacher-2026-01"
+    ):
+        self.labels = labels  # user message -> label
+        self.latency_s = latency_s  # added to every request
+        self.slow_s = slow_s  # how long a "slow" fault waits
         self.served_model = model
         self.faults: dict[str, list[str]] = {}  # user message -> fault per attempt ("ok" to answer)
-        self.attempts: Counter = Counter()       # user message -> requests received
-        self.answered: Counter = Counter()       # user message -> answers sent (what a provider bills)
+        self.attempts: Counter = Counter()  # user message -> requests received
+        self.answered: Counter = Counter()  # user message -> answers sent (what a provider bills)
         self.authorizations: set[str] = set()
         self.bodies: list[dict] = []
         self.paths: list[str] = []
@@ -47,8 +49,12 @@ class FakeTeacher:
         if user in self.labels:
             return render_answer(self.labels[user])
         if user.startswith("You write realistic"):
-            return "\n".join(f"{i}. My parcel number {zlib.crc32(user.encode()) % 97 + i} never arrived, where is it?" if i % 3 == 0
-                             else f"- Question {i} about {user[-40:-20]!r} and refund {i * 7}" for i in range(1, 6))
+            return "\n".join(
+                f"{i}. My parcel number {zlib.crc32(user.encode()) % 97 + i} never arrived, where is it?"
+                if i % 3 == 0
+                else f"- Question {i} about {user[-40:-20]!r} and refund {i * 7}"
+                for i in range(1, 6)
+            )
         return "OK"
 
     def _handler(self):
@@ -100,12 +106,18 @@ class FakeTeacher:
                     time.sleep(teacher.slow_s)
                 content = teacher.answer(body["messages"])
                 completion = {
-                    "id": "chatcmpl-fake", "object": "chat.completion", "created": 0, "model": teacher.served_model,
-                    "choices": [{"index": 0, "finish_reason": "stop",
-                                 "message": {"role": "assistant", "content": content}}],
-                    "usage": {"prompt_tokens": len(json.dumps(body["messages"])) // 4,
-                              "completion_tokens": len(content) // 4 + 1,
-                              "total_tokens": len(json.dumps(body["messages"])) // 4 + len(content) // 4 + 1},
+                    "id": "chatcmpl-fake",
+                    "object": "chat.completion",
+                    "created": 0,
+                    "model": teacher.served_model,
+                    "choices": [
+                        {"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": content}}
+                    ],
+                    "usage": {
+                        "prompt_tokens": len(json.dumps(body["messages"])) // 4,
+                        "completion_tokens": len(content) // 4 + 1,
+                        "total_tokens": len(json.dumps(body["messages"])) // 4 + len(content) // 4 + 1,
+                    },
                 }
                 with teacher._lock:
                     teacher.answered[user] += 1

@@ -3,8 +3,16 @@ import random
 from slmops.teacher.augment import fresh_digits, swap_stated_values
 
 ROWS = [
-    {"id": "a", "message": "refund the laptop from order ORD-48 please", "label": {"order_id": "ORD-48", "product": "laptop", "urgency": "low"}},
-    {"id": "b", "message": "where is my phone case", "label": {"order_id": None, "product": "phone case", "urgency": "low"}},
+    {
+        "id": "a",
+        "message": "refund the laptop from order ORD-48 please",
+        "label": {"order_id": "ORD-48", "product": "laptop", "urgency": "low"},
+    },
+    {
+        "id": "b",
+        "message": "where is my phone case",
+        "label": {"order_id": None, "product": "phone case", "urgency": "low"},
+    },
 ]
 
 

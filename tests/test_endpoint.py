@@ -55,7 +55,10 @@ def endpoint_for(server, **kwargs):
 
 
 def test_public_url_drops_credentials_query_and_fragment():
-    assert public_url("https://user:secret@example.com:8443/openai/v1/?api-key=abc#x") == "https://example.com:8443/openai/v1"
+    assert (
+        public_url("https://user:secret@example.com:8443/openai/v1/?api-key=abc#x")
+        == "https://example.com:8443/openai/v1"
+    )
     assert public_url("http://127.0.0.1:11434/v1") == "http://127.0.0.1:11434/v1"
 
 
@@ -66,7 +69,9 @@ def test_cache_key_changes_with_each_part_of_the_request():
     assert key == cache_key(dict(identity), GenerationSettings.greedy(8).openai_kwargs(), [dict(messages[0])])
     assert key != cache_key({**identity, "served_model": "m-2"}, GenerationSettings.greedy(8).openai_kwargs(), messages)
     assert key != cache_key(identity, GenerationSettings.at_temperature(8, 0.7).openai_kwargs(), messages)
-    assert key != cache_key(identity, GenerationSettings.greedy(8).openai_kwargs(), [{"role": "user", "content": "hi!"}])
+    assert key != cache_key(
+        identity, GenerationSettings.greedy(8).openai_kwargs(), [{"role": "user", "content": "hi!"}]
+    )
 
 
 def test_settings_send_seed_and_json_mode_only_when_set():
@@ -91,10 +96,14 @@ def test_answers_in_order_with_faults_retried_and_counted(teacher, task, rows, t
     faults = {0: ["429"], 1: ["500", "500"], 2: ["slow"], 3: ["malformed"], 4: ["drop"], 5: ["garbage", "500"]}
     for index, plan in faults.items():
         teacher.faults[rows[index]["message"]] = plan
-    requests = default("synthesize.requests", concurrency=8, timeout_s=0.75, max_retries=3, cache=str(tmp_path / "cache.sqlite"))
+    requests = default(
+        "synthesize.requests", concurrency=8, timeout_s=0.75, max_retries=3, cache=str(tmp_path / "cache.sqlite")
+    )
     usage = Usage()
     start = time.perf_counter()
-    replies, failures = complete_all(endpoint_for(teacher), GenerationSettings.greedy(64).openai_kwargs(), chats(task, rows), requests, usage)
+    replies, failures = complete_all(
+        endpoint_for(teacher), GenerationSettings.greedy(64).openai_kwargs(), chats(task, rows), requests, usage
+    )
     assert time.perf_counter() - start >= 1.0  # the 429 said Retry-After: 1
     assert failures == [None] * len(rows)
     assert [json.loads(r["content"]) for r in replies] == [r["label"] for r in rows]
@@ -106,10 +115,14 @@ def test_answers_in_order_with_faults_retried_and_counted(teacher, task, rows, t
 
 def test_a_cached_rerun_sends_nothing(teacher, task, rows, tmp_path):
     requests = default("synthesize.requests", concurrency=4, cache=str(tmp_path / "cache.sqlite"))
-    first, _ = complete_all(endpoint_for(teacher), GenerationSettings.greedy(64).openai_kwargs(), chats(task, rows), requests, Usage())
+    first, _ = complete_all(
+        endpoint_for(teacher), GenerationSettings.greedy(64).openai_kwargs(), chats(task, rows), requests, Usage()
+    )
     sent = sum(teacher.attempts.values())
     usage = Usage()
-    second, _ = complete_all(endpoint_for(teacher), GenerationSettings.greedy(64).openai_kwargs(), chats(task, rows), requests, usage)
+    second, _ = complete_all(
+        endpoint_for(teacher), GenerationSettings.greedy(64).openai_kwargs(), chats(task, rows), requests, usage
+    )
     assert second == first and sum(teacher.attempts.values()) == sent == len(rows)
     assert usage.cache_hits == len(rows) and usage.requests == 0 and usage.prompt_tokens == 0
     assert usage.dataset_prompt_tokens == sum(r["prompt_tokens"] for r in first)
@@ -121,26 +134,40 @@ def test_a_cached_rerun_sends_nothing(teacher, task, rows, tmp_path):
 def test_persistent_failures_are_reported_and_the_rest_kept(teacher, task, rows, tmp_path):
     for row in rows[:10]:
         teacher.faults[row["message"]] = ["500"] * 10
-    requests = default("synthesize.requests", concurrency=8, max_retries=1, min_success_ratio=0.9, cache=str(tmp_path / "cache.sqlite"))
+    requests = default(
+        "synthesize.requests", concurrency=8, max_retries=1, min_success_ratio=0.9, cache=str(tmp_path / "cache.sqlite")
+    )
     usage = Usage()
-    replies, failures = complete_all(endpoint_for(teacher), GenerationSettings.greedy(64).openai_kwargs(), chats(task, rows), requests, usage)
+    replies, failures = complete_all(
+        endpoint_for(teacher), GenerationSettings.greedy(64).openai_kwargs(), chats(task, rows), requests, usage
+    )
     assert failures[:10] == ["HTTP 500"] * 10 and failures[10:] == [None] * 50
     assert usage.failed == 10 and usage.failure_reasons == {"HTTP 500": 10} and usage.retries == 10
-    with pytest.raises(InputError, match=r"10 of 60 teacher requests failed \(10 x HTTP 500\).*min_success_ratio is 0.9.*"
-                                         r"50 answers received are cached"):
+    with pytest.raises(
+        InputError,
+        match=r"10 of 60 teacher requests failed \(10 x HTTP 500\).*min_success_ratio is 0.9.*"
+        r"50 answers received are cached",
+    ):
         check_success_ratio(failures, 0.9, requests.cache)
     check_success_ratio(failures, 0.8, requests.cache)  # 50/60 is enough at 0.8
     teacher.faults.clear()
     before = sum(teacher.attempts.values())
-    replies, failures = complete_all(endpoint_for(teacher), GenerationSettings.greedy(64).openai_kwargs(), chats(task, rows), requests, Usage())
+    replies, failures = complete_all(
+        endpoint_for(teacher), GenerationSettings.greedy(64).openai_kwargs(), chats(task, rows), requests, Usage()
+    )
     assert sum(teacher.attempts.values()) - before == 10 and failures == [None] * 60
 
 
 def test_a_rejected_request_is_not_retried_and_its_reason_kept(teacher, task, rows, tmp_path):
     teacher.faults[rows[0]["message"]] = ["400"]
     usage = Usage()
-    _, failures = complete_all(endpoint_for(teacher), GenerationSettings.greedy(64).openai_kwargs(), chats(task, rows[:3]),
-                               default("synthesize.requests", cache=str(tmp_path / "c.sqlite")), usage)
+    _, failures = complete_all(
+        endpoint_for(teacher),
+        GenerationSettings.greedy(64).openai_kwargs(),
+        chats(task, rows[:3]),
+        default("synthesize.requests", cache=str(tmp_path / "c.sqlite")),
+        usage,
+    )
     assert failures[0] == "HTTP 400: response_format json_object is not supported" and failures[1:] == [None, None]
     assert teacher.attempts[rows[0]["message"]] == 1 and usage.retries == 0
 
@@ -156,16 +183,31 @@ def test_entra_id_sends_a_bearer_token_from_azure_identity(teacher, task, rows, 
 
     monkeypatch.setattr(azure.identity.aio, "DefaultAzureCredential", FakeCredential)
     endpoint = Endpoint(base_url=teacher.url, model="m", auth="entra_id")
-    complete_all(endpoint, GenerationSettings.greedy(8).openai_kwargs(), chats(task, rows[:2]), default("synthesize.requests", cache=str(tmp_path / "c.sqlite")), Usage())
+    complete_all(
+        endpoint,
+        GenerationSettings.greedy(8).openai_kwargs(),
+        chats(task, rows[:2]),
+        default("synthesize.requests", cache=str(tmp_path / "c.sqlite")),
+        Usage(),
+    )
     assert teacher.authorizations == {"Bearer entra-token-123"}
 
 
 def test_classic_azure_deployment_gets_its_url_and_api_key_header(teacher, task, rows, tmp_path, monkeypatch):
     monkeypatch.setenv("AZURE_TEACHER_KEY", FAKE_KEY)
-    endpoint = Endpoint(base_url=teacher.url.removesuffix("/v1"), model="gpt-4o-teacher", api_version="2024-10-21",
-                        api_key_env="AZURE_TEACHER_KEY")
-    replies, _ = complete_all(endpoint, GenerationSettings.greedy(64).openai_kwargs(), chats(task, rows[:2]),
-                              default("synthesize.requests", cache=str(tmp_path / "c.sqlite")), Usage())
+    endpoint = Endpoint(
+        base_url=teacher.url.removesuffix("/v1"),
+        model="gpt-4o-teacher",
+        api_version="2024-10-21",
+        api_key_env="AZURE_TEACHER_KEY",
+    )
+    replies, _ = complete_all(
+        endpoint,
+        GenerationSettings.greedy(64).openai_kwargs(),
+        chats(task, rows[:2]),
+        default("synthesize.requests", cache=str(tmp_path / "c.sqlite")),
+        Usage(),
+    )
     assert teacher.paths == ["/openai/deployments/gpt-4o-teacher/chat/completions?api-version=2024-10-21"] * 2
     assert teacher.authorizations == {FAKE_KEY}  # sent as the api-key header
     assert json.loads(replies[0]["content"]) == rows[0]["label"]
@@ -174,7 +216,9 @@ def test_classic_azure_deployment_gets_its_url_and_api_key_header(teacher, task,
 def test_probe_reports_the_served_model_and_names_an_unreachable_endpoint(teacher):
     assert probe(endpoint_for(teacher), default("synthesize.requests")) == {"served_model": "fake-teacher-2026-01"}
     gone = Endpoint(base_url="http://127.0.0.1:9/v1", model="m", auth="none")
-    with pytest.raises(InputError, match=r"teacher endpoint http://127.0.0.1:9/v1 \(model m\) did not answer: connection failed"):
+    with pytest.raises(
+        InputError, match=r"teacher endpoint http://127.0.0.1:9/v1 \(model m\) did not answer: connection failed"
+    ):
         probe(gone, default("synthesize.requests", max_retries=0, timeout_s=2))
 
 
@@ -220,15 +264,22 @@ def test_unfence_strips_a_markdown_code_fence():
 
 # ---- the stages, as DVC runs them ----
 
+
 def endpoint_params(project, teacher, rows, **synthesize):
     (project / "data/prompts.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     params = yaml.safe_load((project / "params.yaml").read_text())
     params["data"]["prompts"] = "data/prompts.jsonl"
     params["teacher"].update(backend="openai", model="teacher-deployment")
-    params["teacher"]["openai"].update(base_url=teacher.url, auth="api_key", api_key_env="FAKE_TEACHER_KEY",
-                                       prices={"prompt_per_million": 2.5, "completion_per_million": 10.0})
+    params["teacher"]["openai"].update(
+        base_url=teacher.url,
+        auth="api_key",
+        api_key_env="FAKE_TEACHER_KEY",
+        prices={"prompt_per_million": 2.5, "completion_per_million": 10.0},
+    )
     params["synthesize"]["logprobs_top_k"] = 0
-    params["synthesize"]["requests"].update(concurrency=4, timeout_s=0.75, max_retries=3, cache=".cache/responses.sqlite")
+    params["synthesize"]["requests"].update(
+        concurrency=4, timeout_s=0.75, max_retries=3, cache=".cache/responses.sqlite"
+    )
     params["synthesize"].update(synthesize)
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     return params
@@ -236,7 +287,9 @@ def endpoint_params(project, teacher, rows, **synthesize):
 
 def stage(project, name, key=FAKE_KEY):
     env = {"PYTHONPATH": str(ROOT), "PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "FAKE_TEACHER_KEY": key}
-    return subprocess.run([sys.executable, "-m", f"stages.{name}"], cwd=project, capture_output=True, text=True, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", f"stages.{name}"], cwd=project, capture_output=True, text=True, env=env
+    )
 
 
 def run_openai_stages(project):
@@ -249,15 +302,20 @@ def run_openai_stages(project):
 
 
 def test_stages_record_identity_label_and_account_usage(project, teacher, rows):
-    for row, fault in zip(rows, ["429", "500", "malformed", "drop", "slow"]):
+    for row, fault in zip(rows, ["429", "500", "malformed", "drop", "slow"], strict=False):
         teacher.faults[row["message"]] = [fault]
     teacher.labels[rows[7]["message"]] = {"intent": "not-an-intent"}  # the teacher answers off-schema once
     endpoint_params(project, teacher, rows)
     logs = run_openai_stages(project)
 
     identity = json.loads((project / "models/teacher/teacher.json").read_text())
-    assert identity == {"backend": "openai", "base_url": teacher.url, "model": "teacher-deployment",
-                        "api_version": None, "served_model": "fake-teacher-2026-01"}
+    assert identity == {
+        "backend": "openai",
+        "base_url": teacher.url,
+        "model": "teacher-deployment",
+        "api_version": None,
+        "served_model": "fake-teacher-2026-01",
+    }
     assert json.loads((project / "data/endpoint.json").read_text())["served_model"] == "fake-teacher-2026-01"
     accepted = [json.loads(line) for line in (project / "data/synthetic/accepted.jsonl").read_text().splitlines()]
     assert [a["label"] for a in accepted] == [r["label"] for i, r in enumerate(rows) if i != 7]
@@ -286,7 +344,10 @@ def test_below_the_success_ratio_the_stage_fails_naming_counts_and_reasons(proje
         assert stage(project, name).returncode == 0
     result = stage(project, "synthesize")
     assert result.returncode == 2
-    assert "12 of 60 teacher requests failed (12 x HTTP 500); synthesize.requests.min_success_ratio is 0.95" in result.stderr
+    assert (
+        "12 of 60 teacher requests failed (12 x HTTP 500); synthesize.requests.min_success_ratio is 0.95"
+        in result.stderr
+    )
     assert not (project / "data/synthetic").exists()
     teacher.faults.clear()
     before = sum(teacher.answered.values())
@@ -321,9 +382,20 @@ def test_wrong_params_for_the_openai_backend_are_named(project, teacher, rows):
 
 
 def test_generate_and_label_writes_new_prompts_and_drops_near_duplicates(project, teacher, rows):
-    endpoint_params(project, teacher, rows[:5], mode="generate_and_label",
-                    generate={"requests": 4, "prompts_per_request": 5, "examples": 3, "temperature": 1.0,
-                              "max_tokens": 256, "max_similarity": 0.7})
+    endpoint_params(
+        project,
+        teacher,
+        rows[:5],
+        mode="generate_and_label",
+        generate={
+            "requests": 4,
+            "prompts_per_request": 5,
+            "examples": 3,
+            "temperature": 1.0,
+            "max_tokens": 256,
+            "max_similarity": 0.7,
+        },
+    )
     run_openai_stages(project)
     written = [json.loads(line) for line in (project / "data/synthetic/written_prompts.jsonl").read_text().splitlines()]
     stats = json.loads((project / "reports/synthesize.json").read_text())
@@ -339,13 +411,32 @@ def test_generate_and_label_writes_new_prompts_and_drops_near_duplicates(project
 
 def test_kill_9_mid_run_then_rerun_gives_the_uninterrupted_dataset(project, teacher, rows, tmp_path):
     teacher.latency_s = 0.05
-    endpoint_params(project, teacher, rows, requests={"concurrency": 2, "timeout_s": 5, "max_retries": 3,
-                                                      "min_success_ratio": 0.95, "cache": ".cache/responses.sqlite"})
+    endpoint_params(
+        project,
+        teacher,
+        rows,
+        requests={
+            "concurrency": 2,
+            "timeout_s": 5,
+            "max_retries": 3,
+            "min_success_ratio": 0.95,
+            "cache": ".cache/responses.sqlite",
+        },
+    )
     for name in ("teacher", "endpoint"):
         assert stage(project, name).returncode == 0
-    env = {"PYTHONPATH": str(ROOT), "PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "FAKE_TEACHER_KEY": FAKE_KEY}
-    process = subprocess.Popen([sys.executable, "-m", "stages.synthesize"], cwd=project, env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    env = {
+        "PYTHONPATH": str(ROOT),
+        "PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin",
+        "FAKE_TEACHER_KEY": FAKE_KEY,
+    }
+    process = subprocess.Popen(
+        [sys.executable, "-m", "stages.synthesize"],
+        cwd=project,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 60
     while sum(teacher.answered.values()) < 25 and time.time() < deadline:
         time.sleep(0.01)
@@ -384,15 +475,25 @@ def test_against_slmops_serve(task, rows, tiny_onnx, tmp_path):
     """One pipeline's package as another's teacher: the answers are the served model's own."""
     from slmops.onnx.runtime import OnnxChatModel
 
-    process = subprocess.Popen([sys.executable, "-m", "slmops.cli", "serve", str(tiny_onnx["int4"]), "--port", "0"],
-                               cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "slmops.cli", "serve", str(tiny_onnx["int4"]), "--port", "0"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
     try:
         url = process.stdout.readline().split()[-1]
         endpoint = Endpoint(base_url=url, model="int4", auth="none")
         assert probe(endpoint, default("synthesize.requests")) == {"served_model": "int4"}
         usage = Usage()
-        replies, failures = complete_all(endpoint, GenerationSettings.greedy(6).openai_kwargs(), chats(task, rows[:8]),
-                                         default("synthesize.requests", concurrency=4, cache=str(tmp_path / "c.sqlite")), usage)
+        replies, failures = complete_all(
+            endpoint,
+            GenerationSettings.greedy(6).openai_kwargs(),
+            chats(task, rows[:8]),
+            default("synthesize.requests", concurrency=4, cache=str(tmp_path / "c.sqlite")),
+            usage,
+        )
     finally:
         process.terminate()
         process.wait(timeout=10)

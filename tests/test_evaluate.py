@@ -27,18 +27,24 @@ class ScriptedModel:
 def test_accuracy_figures_match_hand_computed_values(task):
     rows = [{"id": str(i), "message": f"message {i}", "label": GOLD} for i in range(4)]
     answers = [
-        json.dumps(GOLD),                                   # exact
-        json.dumps({**GOLD, "urgency": "high"}),            # valid, 4 of 5 fields
-        "this is not JSON",                                 # invalid
-        json.dumps({"intent": "cancel_order"}),             # JSON, but misses required keys
+        json.dumps(GOLD),  # exact
+        json.dumps({**GOLD, "urgency": "high"}),  # valid, 4 of 5 fields
+        "this is not JSON",  # invalid
+        json.dumps({"intent": "cancel_order"}),  # JSON, but misses required keys
     ]
-    figures, predictions = score_onnx(ScriptedModel(answers), task, rows, default("evaluate.generation", max_new_tokens=16),
-                                     "scripted")
+    figures, predictions = score_onnx(
+        ScriptedModel(answers), task, rows, default("evaluate.generation", max_new_tokens=16), "scripted"
+    )
     assert figures["exact_match"] == 1 / 4
     assert figures["json_valid"] == 3 / 4
     assert figures["schema_valid"] == 2 / 4
-    assert figures["field_accuracy"] == {"intent": 3 / 4, "order_id": 2 / 4, "product": 2 / 4,
-                                         "urgency": 1 / 4, "sentiment": 2 / 4}
+    assert figures["field_accuracy"] == {
+        "intent": 3 / 4,
+        "order_id": 2 / 4,
+        "product": 2 / 4,
+        "urgency": 1 / 4,
+        "sentiment": 2 / 4,
+    }
     assert figures["n"] == 4
     assert [p["answer"] for p in predictions] == answers and predictions[2]["id"] == "2"
 
@@ -50,15 +56,26 @@ def test_speed_summary_is_hand_computable():
     assert figures["latency_p90_ms"] == pytest.approx(37.0)  # numpy's linear interpolation: 30 + 0.7 * 10
     assert figures["latency_p95_ms"] == pytest.approx(38.5)
     assert figures["ttft_p50_ms"] == pytest.approx(5.0)
-    # decode: tokens after the first (4 + 8 + 0 + 10) over the time after the first token (0.008 + 0.016 + 0.024 + 0.032)
+    # decode: tokens after the first (4 + 8 + 0 + 10) over the time after the first token
+    # (0.008 + 0.016 + 0.024 + 0.032)
     assert figures["decode_tokens_per_s"] == pytest.approx(22 / 0.080)
     assert figures["requests"] == 4
 
 
 def variant(exact, latency, rss, size, weights, params=100):
-    return {"exact_match": exact, "schema_valid": 1.0, "json_valid": 1.0, "size_mb": size, "weights_mb": weights,
-            "parameters": params, "latency_p50_ms": latency, "latency_p95_ms": latency * 2, "ttft_p50_ms": 1.0,
-            "decode_tokens_per_s": 100.0, "peak_rss_mb": rss}
+    return {
+        "exact_match": exact,
+        "schema_valid": 1.0,
+        "json_valid": 1.0,
+        "size_mb": size,
+        "weights_mb": weights,
+        "parameters": params,
+        "latency_p50_ms": latency,
+        "latency_p95_ms": latency * 2,
+        "ttft_p50_ms": 1.0,
+        "decode_tokens_per_s": 100.0,
+        "peak_rss_mb": rss,
+    }
 
 
 def test_retention_against_the_teacher():
@@ -77,12 +94,18 @@ def test_retention_against_the_teacher():
 
 
 def test_report_tables_and_claims(task):
-    variants = {name: {**variant(*figures), "runtime": "r", "field_accuracy": {"intent": 0.5}, "n": 10,
-                       "latency_p90_ms": 1.0}
-                for name, figures in {"teacher": (0.9, 100.0, 400.0, 2.0, 1.8), "student": (0.8, 90.0, 380.0, 0.5, 0.4),
-                                      "finetuned": (0.86, 80.0, 380.0, 0.5, 0.4),
-                                      "quantized": (0.88, 5.0, 60.0, 0.15, 0.1)}.items()}
-    report = render(metrics(variants), {"precision": "int4", "engine": "builder", "execution_provider": "cpu"}, 10, "abc123")
+    variants = {
+        name: {**variant(*figures), "runtime": "r", "field_accuracy": {"intent": 0.5}, "n": 10, "latency_p90_ms": 1.0}
+        for name, figures in {
+            "teacher": (0.9, 100.0, 400.0, 2.0, 1.8),
+            "student": (0.8, 90.0, 380.0, 0.5, 0.4),
+            "finetuned": (0.86, 80.0, 380.0, 0.5, 0.4),
+            "quantized": (0.88, 5.0, 60.0, 0.15, 0.1),
+        }.items()
+    }
+    report = render(
+        metrics(variants), {"precision": "int4", "engine": "builder", "execution_provider": "cpu"}, 10, "abc123"
+    )
     assert "`abc123`" in report and "**int4**" in report
     assert "| quantized | r | 100 | 0.150 | 0.100 | 88.0% |" in report
     assert "| 92% accuracy kept (shipped model / teacher exact match) | 97.8% | yes |" in report
@@ -131,10 +154,13 @@ def test_evaluate_stage_without_models_names_the_folder(project):
     assert not (project / "reports/metrics.json").exists()
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("repeats: 30", "evaluate.speed.repeats"),
-    ("warmup: 3", "evaluate.speed.warmup"),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("repeats: 30", "evaluate.speed.repeats"),
+        ("warmup: 3", "evaluate.speed.warmup"),
+    ],
+)
 def test_evaluate_stage_rejects_bad_speed_params(project, text, expected):
     params = (project / "params.yaml").read_text()
     (project / "params.yaml").write_text(params.replace(text, text.split(":")[0] + ": -1"))

@@ -15,10 +15,13 @@ from slmops.onnx.runtime import OnnxChatModel
 
 
 def prompt_and_answer(tokenizer):
-    prompt = tokenizer(tokenizer.apply_chat_template([{"role": "user", "content": "my order ORD-12 is late"}],
-                                                     add_generation_prompt=True, tokenize=False),
-                       add_special_tokens=False)["input_ids"]
-    return [prompt], [tokenizer("{\"intent\": \"late\"}", add_special_tokens=False)["input_ids"]]
+    prompt = tokenizer(
+        tokenizer.apply_chat_template(
+            [{"role": "user", "content": "my order ORD-12 is late"}], add_generation_prompt=True, tokenize=False
+        ),
+        add_special_tokens=False,
+    )["input_ids"]
+    return [prompt], [tokenizer('{"intent": "late"}', add_special_tokens=False)["input_ids"]]
 
 
 def test_fp32_export_matches_pytorch_logits(tiny_hf_dir, tiny_onnx, tokenizer):
@@ -52,8 +55,12 @@ def test_int8_quantizes_matmuls_to_8_bits(tiny_hf_dir, tmp_path, tokenizer):
 def test_parity_check_catches_the_builders_lm_head_misdetection(tokenizer, tmp_path):
     """An MLP as wide as the vocabulary: the builder takes it for the LM head and exports wrong logits."""
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tokenizer), **{**TINY_LLAMA.model_dump(), "intermediate_size": len(tokenizer)},
-                         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        **{**TINY_LLAMA.model_dump(), "intermediate_size": len(tokenizer)},
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
     model = LlamaForCausalLM(config)
     model.save_pretrained(tmp_path / "hf")
     tokenizer.save_pretrained(tmp_path / "hf")
@@ -76,7 +83,10 @@ def test_parity_failure_messages_name_the_figures():
 def test_builder_options_follow_params():
     config = default("quantize", precision="int4", block_size=64, symmetric=False, accuracy_level=2, embeddings=False)
     assert builder_options(config, tied_embeddings=True) == {
-        "int4_block_size": "64", "int4_is_symmetric": "false", "int4_accuracy_level": "2"}
+        "int4_block_size": "64",
+        "int4_is_symmetric": "false",
+        "int4_accuracy_level": "2",
+    }
     shared = builder_options(default("quantize", precision="int4"), tied_embeddings=True)
     assert shared["int4_op_types_to_quantize"] == "MatMul/Gather" and shared["shared_embeddings"] == "true"
     assert builder_options(default("quantize", precision="fp16"), tied_embeddings=True) == {}
@@ -93,7 +103,9 @@ def test_olive_workflow_int8_keeps_the_logits_output(tiny_hf_dir):
 
 def test_olive_engine_exports_a_model_genai_runs(tiny_hf_dir, tmp_path):
     out = tmp_path / "olive-out"
-    workflow = olive_workflow(str(tiny_hf_dir), str(out), str(tmp_path / "cache"), default("quantize", precision="int4"))
+    workflow = olive_workflow(
+        str(tiny_hf_dir), str(out), str(tmp_path / "cache"), default("quantize", precision="int4")
+    )
     write_workflow(tmp_path / "olive.json", workflow)
     run_olive(tmp_path / "olive.json", out)
     answer = OnnxChatModel(out).answer([{"role": "user", "content": "hello"}], 8)
@@ -101,14 +113,19 @@ def test_olive_engine_exports_a_model_genai_runs(tiny_hf_dir, tmp_path):
 
 
 def test_olive_run_that_writes_no_model_is_an_error(tmp_path):
-    workflow = {"input_model": {"type": "HfModel", "model_path": str(tmp_path / "nothing-here")},
-                "passes": {}, "output_dir": str(tmp_path / "out"), "cache_dir": str(tmp_path / "cache")}
+    workflow = {
+        "input_model": {"type": "HfModel", "model_path": str(tmp_path / "nothing-here")},
+        "passes": {},
+        "output_dir": str(tmp_path / "out"),
+        "cache_dir": str(tmp_path / "cache"),
+    }
     write_workflow(tmp_path / "bad.json", workflow)
     with pytest.raises(RuntimeError, match="olive run"):
         run_olive(tmp_path / "bad.json", tmp_path / "out")
 
 
 # --- the stage ----------------------------------------------------------------------------------------
+
 
 def set_params(project, **changes):
     params = yaml.safe_load((project / "params.yaml").read_text())
@@ -150,12 +167,15 @@ def test_quantize_stage_fails_on_parity_and_writes_nothing(quantize_project):
     assert not (quantize_project / "reports/quantize.json").exists()
 
 
-@pytest.mark.parametrize("key, value, expected", [
-    ("quantize__precision", "int3", "quantize.precision"),
-    ("quantize__engine", "tensorrt", "quantize.engine"),
-    ("quantize__block_size", 48, "quantize.block_size"),
-    ("quantize__parity__min_greedy_agreement", 1.5, "quantize.parity.min_greedy_agreement"),
-])
+@pytest.mark.parametrize(
+    "key, value, expected",
+    [
+        ("quantize__precision", "int3", "quantize.precision"),
+        ("quantize__engine", "tensorrt", "quantize.engine"),
+        ("quantize__block_size", 48, "quantize.block_size"),
+        ("quantize__parity__min_greedy_agreement", 1.5, "quantize.parity.min_greedy_agreement"),
+    ],
+)
 def test_quantize_stage_rejects_bad_params(quantize_project, key, value, expected):
     set_params(quantize_project, **{key: value})
     result = run_stage(quantize_project, "quantize")

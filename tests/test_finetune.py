@@ -10,7 +10,9 @@ LORA = default("finetune.lora", r=4, alpha=8, dropout=0.0, target_modules=["q_pr
 
 def test_qlora_on_a_cpu_fails_at_once_with_the_reason(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    with pytest.raises(InputError, match="qlora needs a CUDA GPU and bitsandbytes, and this machine has no CUDA device"):
+    with pytest.raises(
+        InputError, match="qlora needs a CUDA GPU and bitsandbytes, and this machine has no CUDA device"
+    ):
         check_method_runs_here("qlora")
     check_method_runs_here("lora")
     check_method_runs_here("none")

@@ -16,10 +16,9 @@ def test_atomic_dir_keeps_the_old_output_when_the_block_fails(tmp_path):
     target = tmp_path / "out"
     target.mkdir()
     (target / "weights").write_text("old")
-    with pytest.raises(RuntimeError):
-        with atomic_dir(target) as tmp:
-            (tmp / "weights").write_text("half")
-            raise RuntimeError("killed")
+    with pytest.raises(RuntimeError), atomic_dir(target) as tmp:
+        (tmp / "weights").write_text("half")
+        raise RuntimeError("killed")
     assert (target / "weights").read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["out"]
 

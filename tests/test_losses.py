@@ -7,7 +7,9 @@ from slmops.train import losses
 
 
 def distributions(student_logits, teacher_logprobs, ids):
-    return losses.topk_log_distributions(torch.tensor(student_logits), torch.tensor(ids), torch.tensor(teacher_logprobs), 1.0)
+    return losses.topk_log_distributions(
+        torch.tensor(student_logits), torch.tensor(ids), torch.tensor(teacher_logprobs), 1.0
+    )
 
 
 def test_divergences_vanish_when_student_matches_teacher():
@@ -21,18 +23,20 @@ def test_divergences_vanish_when_student_matches_teacher():
 
 def test_forward_and_reverse_kl_against_hand_computed_values():
     p = [0.75, 0.25]  # teacher
-    q = [0.5, 0.5]    # student
+    q = [0.5, 0.5]  # student
     student, teacher = distributions([[0.0, 0.0]], [[math.log(0.75), math.log(0.25)]], [[0, 1]])
-    forward = sum(pi * math.log(pi / qi) for pi, qi in zip(p, q))
-    reverse = sum(qi * math.log(qi / pi) for pi, qi in zip(p, q))
+    forward = sum(pi * math.log(pi / qi) for pi, qi in zip(p, q, strict=False))
+    reverse = sum(qi * math.log(qi / pi) for pi, qi in zip(p, q, strict=False))
     assert losses.forward_kl(student, teacher).item() == pytest.approx(forward, rel=1e-5)
     assert losses.reverse_kl(student, teacher).item() == pytest.approx(reverse, rel=1e-5)
 
 
 def test_jsd_against_hand_computed_value_and_symmetry_at_half():
     p, q = [0.75, 0.25], [0.5, 0.5]
-    m = [(a + b) / 2 for a, b in zip(p, q)]
-    expected = 0.5 * sum(a * math.log(a / c) for a, c in zip(p, m)) + 0.5 * sum(b * math.log(b / c) for b, c in zip(q, m))
+    m = [(a + b) / 2 for a, b in zip(p, q, strict=False)]
+    expected = 0.5 * sum(a * math.log(a / c) for a, c in zip(p, m, strict=False)) + 0.5 * sum(
+        b * math.log(b / c) for b, c in zip(q, m, strict=False)
+    )
     student, teacher = distributions([[0.0, 0.0]], [[math.log(0.75), math.log(0.25)]], [[0, 1]])
     assert losses.jsd(student, teacher, 0.5).item() == pytest.approx(expected, rel=1e-5)
     assert losses.jsd(teacher, student, 0.5).item() == pytest.approx(expected, rel=1e-5)

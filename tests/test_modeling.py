@@ -14,7 +14,9 @@ from slmops.models.hf import (
 
 
 def test_tokenizer_spells_an_id_number_as_one_token_everywhere(tokenizer):
-    message = tokenizer.convert_ids_to_tokens(tokenizer("my order ORD-91, please", add_special_tokens=False)["input_ids"])
+    message = tokenizer.convert_ids_to_tokens(
+        tokenizer("my order ORD-91, please", add_special_tokens=False)["input_ids"]
+    )
     answer = tokenizer.convert_ids_to_tokens(tokenizer('{"order_id": "ORD-91"}', add_special_tokens=False)["input_ids"])
     assert "91" in message and "91" in answer
     longer = tokenizer.convert_ids_to_tokens(tokenizer("12345", add_special_tokens=False)["input_ids"])
@@ -23,7 +25,9 @@ def test_tokenizer_spells_an_id_number_as_one_token_everywhere(tokenizer):
 
 
 def test_chat_template_and_end_token(tokenizer, task):
-    prompt = tokenizer.apply_chat_template(task.messages("where is my order"), add_generation_prompt=True, tokenize=False)
+    prompt = tokenizer.apply_chat_template(
+        task.messages("where is my order"), add_generation_prompt=True, tokenize=False
+    )
     assert prompt == "<|user|>where is my order<|end|><|assistant|>"
     assert tokenizer.eos_token == "<|end|>" and tokenizer.pad_token == "<|pad|>"
 
@@ -67,7 +71,9 @@ def test_resolve_model_errors_name_the_key(tmp_path):
 
 def test_hub_id_without_network_is_a_clear_error(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(InputError, match="teacher.model: cannot fetch hub model 'example-org/no-such-model' at revision main"):
+    with pytest.raises(
+        InputError, match="teacher.model: cannot fetch hub model 'example-org/no-such-model' at revision main"
+    ):
         resolve_model("example-org/no-such-model", None, "teacher.model")
 
 

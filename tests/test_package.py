@@ -33,11 +33,15 @@ def slmops(*args, stdin=None):
 
 def test_prompt_template_is_rendered_from_the_chat_template(package):
     record = json.loads((package / "inference_model.json").read_text())
-    assert record == {"Name": "tiny-slm", "PromptTemplate": {
-        "system": "",  # the bootstrap template drops system messages
-        "user": "<|user|>{Content}<|end|>",
-        "assistant": "<|assistant|>{Content}<|end|>",
-        "prompt": "<|user|>{Content}<|end|><|assistant|>"}}
+    assert record == {
+        "Name": "tiny-slm",
+        "PromptTemplate": {
+            "system": "",  # the bootstrap template drops system messages
+            "user": "<|user|>{Content}<|end|>",
+            "assistant": "<|assistant|>{Content}<|end|>",
+            "prompt": "<|user|>{Content}<|end|><|assistant|>",
+        },
+    }
 
 
 def test_manifest_lists_every_file_with_its_hash(package):
@@ -45,17 +49,26 @@ def test_manifest_lists_every_file_with_its_hash(package):
     listed = {f["path"]: f for f in manifest["files"]}
     on_disk = {p.name for p in package.iterdir()} - {"manifest.json"}
     assert set(listed) == on_disk
-    assert {"genai_config.json", "model.onnx", "tokenizer.json", "chat_template.jinja", "inference_model.json"} <= on_disk
+    assert {
+        "genai_config.json",
+        "model.onnx",
+        "tokenizer.json",
+        "chat_template.jinja",
+        "inference_model.json",
+    } <= on_disk
     assert listed["model.onnx"]["sha256"] == sha256(package / "model.onnx")
     assert listed["tokenizer.json"]["bytes"] == (package / "tokenizer.json").stat().st_size
     assert manifest["name"] == "tiny-slm" and manifest["version"] == 3
 
 
-@pytest.mark.parametrize("tamper, expected", [
-    (lambda d: (d / "tokenizer.json").write_text("{}"), "tokenizer.json: changed"),
-    (lambda d: (d / "model.onnx.data").unlink(), "model.onnx.data: missing"),
-    (lambda d: (d / "extra.bin").write_bytes(b"1"), "extra.bin: not in the manifest"),
-])
+@pytest.mark.parametrize(
+    "tamper, expected",
+    [
+        (lambda d: (d / "tokenizer.json").write_text("{}"), "tokenizer.json: changed"),
+        (lambda d: (d / "model.onnx.data").unlink(), "model.onnx.data: missing"),
+        (lambda d: (d / "extra.bin").write_bytes(b"1"), "extra.bin: not in the manifest"),
+    ],
+)
 def test_manifest_check_names_the_tampered_file(package, tamper, expected):
     tamper(package)
     with pytest.raises(InputError, match=expected):
@@ -111,13 +124,38 @@ def test_chat_on_a_folder_without_a_model(tmp_path):
 
 def test_model_card_names_what_made_the_model(task):
     params = DEFAULT_PARAMS
-    row = {"runtime": "r", "parameters": 1000, "size_mb": 1.0, "weights_mb": 0.5, "exact_match": 0.9,
-           "schema_valid": 1.0, "json_valid": 1.0, "latency_p50_ms": 1.0, "latency_p90_ms": 1.0,
-           "latency_p95_ms": 1.0, "ttft_p50_ms": 1.0, "decode_tokens_per_s": 10.0, "peak_rss_mb": 50.0, "n": 300}
-    metrics = {"variants": {"teacher": {**row, "parameters": 5000}, "quantized": row},
-               "accuracy_kept": 0.97, "latency_saved": 0.9, "memory_saved": 0.8}
-    card = model_card("tiny-slm", 2, task, params, metrics, {"backend": "bootstrap", "weights_sha256": "ab" * 32},
-                      {"accepted": 3991, "prompts": 4000, "rejected": 9}, "abc1234")
+    row = {
+        "runtime": "r",
+        "parameters": 1000,
+        "size_mb": 1.0,
+        "weights_mb": 0.5,
+        "exact_match": 0.9,
+        "schema_valid": 1.0,
+        "json_valid": 1.0,
+        "latency_p50_ms": 1.0,
+        "latency_p90_ms": 1.0,
+        "latency_p95_ms": 1.0,
+        "ttft_p50_ms": 1.0,
+        "decode_tokens_per_s": 10.0,
+        "peak_rss_mb": 50.0,
+        "n": 300,
+    }
+    metrics = {
+        "variants": {"teacher": {**row, "parameters": 5000}, "quantized": row},
+        "accuracy_kept": 0.97,
+        "latency_saved": 0.9,
+        "memory_saved": 0.8,
+    }
+    card = model_card(
+        "tiny-slm",
+        2,
+        task,
+        params,
+        metrics,
+        {"backend": "bootstrap", "weights_sha256": "ab" * 32},
+        {"accepted": 3991, "prompts": 4000, "rejected": 9},
+        "abc1234",
+    )
     assert card.startswith("# tiny-slm (version 2)")
     assert "git revision `abc1234`" in card and "1,000-parameter student" in card and "5,000-parameter teacher" in card
     assert task.instruction.strip() in card
@@ -125,11 +163,14 @@ def test_model_card_names_what_made_the_model(task):
     assert "finetune:\n  method: lora" in card and "| quantized | r | 1,000 |" in card
 
 
-@pytest.mark.parametrize("old, new, expected", [
-    ("name: support-triage-slm", "name: Support Triage!", "package.name"),
-    ("max_output_tokens: 64", "max_output_tokens: 0", "package.verify.max_output_tokens"),
-    ("version: 1", "version: one", "package.version"),
-])
+@pytest.mark.parametrize(
+    "old, new, expected",
+    [
+        ("name: support-triage-slm", "name: Support Triage!", "package.name"),
+        ("max_output_tokens: 64", "max_output_tokens: 0", "package.verify.max_output_tokens"),
+        ("version: 1", "version: one", "package.version"),
+    ],
+)
 def test_package_stage_rejects_bad_params(project, old, new, expected):
     params = (project / "params.yaml").read_text()
     assert old in params

@@ -18,24 +18,60 @@ def test_default_params_are_valid(project):
     assert params.teacher.backend == "bootstrap" and params.distill.train.learning_rate == 0.005
 
 
-@pytest.mark.parametrize("edit, message", [
-    (lambda p: p["finetune"]["lora"].update(rank=8), "unknown key finetune.lora.rank; allowed here: alpha, dropout, r, target_modules"),
-    (lambda p: p.update(typo_section={}), "unknown key typo_section"),
-    (lambda p: p["finetune"]["lora"].update(r="eight"), "finetune.lora.r: 'eight': Input should be a valid integer (Rank of the update matrices.)"),
-    (lambda p: p["finetune"]["lora"].update(r=0), "finetune.lora.r: Input should be greater than or equal to 1"),
-    (lambda p: p["finetune"]["lora"].update(r=True), "finetune.lora.r: True: Input should be a valid integer"),
-    (lambda p: p["distill"]["kd"].update(alpha=1.5), "distill.kd.alpha: Input should be less than or equal to 1"),
-    (lambda p: p["distill"]["kd"].update(loss="kl"), "distill.kd.loss: 'kl': Input should be 'forward_kl', 'reverse_kl' or 'jsd'"),
-    (lambda p: p["finetune"].update(method="dora"), "finetune.method: 'dora': Input should be 'lora', 'qlora' or 'none'"),
-    (lambda p: p["distill"]["train"].pop("epochs"), "distill.train.epochs: missing"),
-    (lambda p: p["teacher"].update(backend="hf"), "teacher.model: must name the model (a folder, hub id or deployment) with backend hf (hf backend: a local"),
-    (lambda p: p["data"].update(eval="data/eval/missing.jsonl"), "data.eval: 'data/eval/missing.jsonl' does not exist"),
-    (lambda p: p["synthesize"].update(logprobs_top_k=-1), "synthesize.logprobs_top_k: Input should be greater than or equal to 0"),
-    (lambda p: p["student"]["config"].update(hidden_size=66), "student.config.num_attention_heads: 4 must divide hidden_size (66)"),
-    (lambda p: p["gates"].update(accuracy={"max_regression": 0.1}), "gates.accuracy: 'accuracy': Input should be 'size_mb'"),
-    (lambda p: p["gates"].update(size_mb={"max_regression": 1, "max_regression_pct": 5}), "gates.size_mb: give exactly one of max_regression, max_regression_pct"),
-    (lambda p: p["finetune"]["lora"].update(target_modules="q_proj"), "finetune.lora.target_modules: 'q_proj': Input should be a valid list"),
-])
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (
+            lambda p: p["finetune"]["lora"].update(rank=8),
+            "unknown key finetune.lora.rank; allowed here: alpha, dropout, r, target_modules",
+        ),
+        (lambda p: p.update(typo_section={}), "unknown key typo_section"),
+        (
+            lambda p: p["finetune"]["lora"].update(r="eight"),
+            "finetune.lora.r: 'eight': Input should be a valid integer (Rank of the update matrices.)",
+        ),
+        (lambda p: p["finetune"]["lora"].update(r=0), "finetune.lora.r: Input should be greater than or equal to 1"),
+        (lambda p: p["finetune"]["lora"].update(r=True), "finetune.lora.r: True: Input should be a valid integer"),
+        (lambda p: p["distill"]["kd"].update(alpha=1.5), "distill.kd.alpha: Input should be less than or equal to 1"),
+        (
+            lambda p: p["distill"]["kd"].update(loss="kl"),
+            "distill.kd.loss: 'kl': Input should be 'forward_kl', 'reverse_kl' or 'jsd'",
+        ),
+        (
+            lambda p: p["finetune"].update(method="dora"),
+            "finetune.method: 'dora': Input should be 'lora', 'qlora' or 'none'",
+        ),
+        (lambda p: p["distill"]["train"].pop("epochs"), "distill.train.epochs: missing"),
+        (
+            lambda p: p["teacher"].update(backend="hf"),
+            "teacher.model: must name the model (a folder, hub id or deployment) with backend hf (hf backend: a local",
+        ),
+        (
+            lambda p: p["data"].update(eval="data/eval/missing.jsonl"),
+            "data.eval: 'data/eval/missing.jsonl' does not exist",
+        ),
+        (
+            lambda p: p["synthesize"].update(logprobs_top_k=-1),
+            "synthesize.logprobs_top_k: Input should be greater than or equal to 0",
+        ),
+        (
+            lambda p: p["student"]["config"].update(hidden_size=66),
+            "student.config.num_attention_heads: 4 must divide hidden_size (66)",
+        ),
+        (
+            lambda p: p["gates"].update(accuracy={"max_regression": 0.1}),
+            "gates.accuracy: 'accuracy': Input should be 'size_mb'",
+        ),
+        (
+            lambda p: p["gates"].update(size_mb={"max_regression": 1, "max_regression_pct": 5}),
+            "gates.size_mb: give exactly one of max_regression, max_regression_pct",
+        ),
+        (
+            lambda p: p["finetune"]["lora"].update(target_modules="q_proj"),
+            "finetune.lora.target_modules: 'q_proj': Input should be a valid list",
+        ),
+    ],
+)
 def test_bad_params_name_the_key_and_what_is_allowed(project, edit, message):
     write_params(project, edit)
     with pytest.raises(InputError) as err:
@@ -47,6 +83,7 @@ def test_every_problem_is_reported_at_once(project):
     def edit(p):
         p["seed"] = "x"
         p["distill"]["kd"]["loss"] = "kl"
+
     write_params(project, edit)
     with pytest.raises(InputError) as err:
         load_params()
@@ -68,8 +105,12 @@ def test_params_are_read_as_dvc_reads_them(project):
     assert load_params().distill.train.learning_rate == 0.005
     from dvc.repo import Repo
 
-    assert Repo.init(project, no_scm=True).params.show()[""]["data"]["params.yaml"]["data"]["distill"]["train"][
-        "learning_rate"] == 0.005
+    assert (
+        Repo.init(project, no_scm=True).params.show()[""]["data"]["params.yaml"]["data"]["distill"]["train"][
+            "learning_rate"
+        ]
+        == 0.005
+    )
     (project / "params.yaml").write_text(text.replace("api_version: null", "api_version: 2024-10-21"))
     with pytest.raises(InputError) as err:
         load_params()
@@ -113,6 +154,7 @@ def test_every_params_key_has_a_description():
             assert sub.get("description"), f"{path}{key} has no description"
             ref = sub.get("$ref") or next((s["$ref"] for s in sub.get("anyOf", []) if "$ref" in s), None)
             walk(schema["$defs"][ref.split("/")[-1]] if ref else sub, f"{path}{key}.")
+
     walk(schema, "")
 
 

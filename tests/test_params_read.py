@@ -10,7 +10,7 @@ import shutil
 
 import pytest
 import yaml
-from conftest import ROOT
+from conftest import ROOT, TINY_TEACHER
 from fake_endpoint import FakeTeacher
 from pydantic import BaseModel
 
@@ -20,8 +20,7 @@ TRANSPORT_ONLY = {
     # no answer, and retuning them must not resend every request or retrain anything.
     "synthesize.requests",
 }
-TINY = {"hidden_size": 48, "num_hidden_layers": 2, "num_attention_heads": 2, "num_key_value_heads": 2,
-        "intermediate_size": 96, "max_position_embeddings": 256, "tie_word_embeddings": True}
+
 PIPELINE = ("teacher", "endpoint", "synthesize", "distill", "finetune", "quantize", "evaluate", "package")
 
 
@@ -69,14 +68,17 @@ def tiny_project(root, edit):
         shutil.copytree(ROOT / "data" / name, root / "data" / name)
     small = root / "data/small"
     small.mkdir(parents=True)
-    for src, dst, n in (("seed/labelled.jsonl", "labelled.jsonl", 150), ("prompts/unlabelled.jsonl", "prompts.jsonl", 40),
-                        ("eval/eval.jsonl", "eval.jsonl", 12)):
+    for src, dst, n in (
+        ("seed/labelled.jsonl", "labelled.jsonl", 150),
+        ("prompts/unlabelled.jsonl", "prompts.jsonl", 40),
+        ("eval/eval.jsonl", "eval.jsonl", 12),
+    ):
         (small / dst).write_text("".join((ROOT / "data" / src).read_text().splitlines(keepends=True)[:n]))
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["data"] = {k: f"data/small/{k}.jsonl" for k in ("labelled", "prompts", "eval")}
-    params["teacher"]["bootstrap"].update(vocab_size=400, augment_copies=1, config=TINY)
+    params["teacher"]["bootstrap"].update(vocab_size=400, augment_copies=1, config=TINY_TEACHER)
     params["teacher"]["bootstrap"]["train"].update(epochs=10, learning_rate=0.01)
-    params["student"]["config"] = {**TINY, "hidden_size": 32, "intermediate_size": 64}
+    params["student"]["config"] = {**TINY_TEACHER, "hidden_size": 32, "intermediate_size": 64}
     params["distill"]["train"]["epochs"] = 1
     params["finetune"]["train"]["epochs"] = 1
     params["synthesize"]["generation"]["max_new_tokens"] = 120
@@ -137,5 +139,6 @@ def test_the_recorder_sees_branch_specific_keys(reads):
     """The two runs take the branches they were meant to (else the guard proves less than it says)."""
     assert "teacher.bootstrap.train" in reads["teacher"] or "teacher.bootstrap.train.epochs" in reads["teacher"]
     assert {"teacher.openai.base_url", "synthesize.generate.requests"} <= reads["synthesize (openai)"] | {
-        k for k in reads["teacher (openai)"]}
+        k for k in reads["teacher (openai)"]
+    }
     assert json.dumps(sorted(reads["package"]))  # every stage recorded something serialisable

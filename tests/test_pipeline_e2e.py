@@ -13,19 +13,22 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import ROOT
+from conftest import ROOT, TINY_TEACHER
 from fake_endpoint import FakeTeacher
 
 from slmops.models.hf import hash_weights
 
 pytestmark = pytest.mark.e2e
 FAKE_KEY = f"sk-e2e-{uuid.uuid4().hex}"  # made at run time: this file, copied into the project, must not hold it
-TINY = {"hidden_size": 48, "num_hidden_layers": 2, "num_attention_heads": 2, "num_key_value_heads": 2,
-        "intermediate_size": 96, "max_position_embeddings": 256, "tie_word_embeddings": True}
 
 
 def run(cmd, cwd, check=True, **extra_env):
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "PYTHONPATH": str(cwd), **extra_env}
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+        "PYTHONPATH": str(cwd),
+        **extra_env,
+    }
     result = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=env)
     if check and result.returncode != 0:
         raise AssertionError(f"{cmd} failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
@@ -33,11 +36,15 @@ def run(cmd, cwd, check=True, **extra_env):
 
 
 def small_params(params):
-    params["data"] = {"labelled": "data/small/labelled.jsonl", "prompts": "data/small/prompts.jsonl", "eval": "data/small/eval.jsonl"}
+    params["data"] = {
+        "labelled": "data/small/labelled.jsonl",
+        "prompts": "data/small/prompts.jsonl",
+        "eval": "data/small/eval.jsonl",
+    }
     boot = params["teacher"]["bootstrap"]
-    boot.update(vocab_size=400, augment_copies=1, config=TINY)
+    boot.update(vocab_size=400, augment_copies=1, config=TINY_TEACHER)
     boot["train"].update(epochs=10, batch_size=16, learning_rate=0.01)
-    params["student"]["config"] = {**TINY, "hidden_size": 32, "intermediate_size": 64}
+    params["student"]["config"] = {**TINY_TEACHER, "hidden_size": 32, "intermediate_size": 64}
     params["distill"]["train"].update(epochs=1)
     params["finetune"]["train"].update(epochs=1)
     params["finetune"]["lora"]["r"] = 4
@@ -53,16 +60,24 @@ def small_params(params):
 def repo(tmp_path_factory):
     """The project's files (as git sees them) in a new git repository, with a small params override."""
     repo = tmp_path_factory.mktemp("pipeline")
-    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
-                           capture_output=True, text=True, check=True).stdout.split()
+    files = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
     for name in files:
         if (ROOT / name).is_file() and not name.startswith("reports/"):  # a project that has never run
             (repo / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(ROOT / name, repo / name)
     small = repo / "data/small"
     small.mkdir()
-    for src, dst, n in (("seed/labelled.jsonl", "labelled.jsonl", 150), ("prompts/unlabelled.jsonl", "prompts.jsonl", 150),
-                        ("eval/eval.jsonl", "eval.jsonl", 40)):
+    for src, dst, n in (
+        ("seed/labelled.jsonl", "labelled.jsonl", 150),
+        ("prompts/unlabelled.jsonl", "prompts.jsonl", 150),
+        ("eval/eval.jsonl", "eval.jsonl", 40),
+    ):
         lines = (ROOT / "data" / src).read_text().splitlines(keepends=True)[:n]
         (small / dst).write_text("".join(lines))
     params = small_params(yaml.safe_load((repo / "params.yaml").read_text()))
@@ -134,7 +149,13 @@ def test_pipeline_writes_every_artifact(repo):
     package = repo / "models/foundry/tiny-triage"
     assert read_json(package / "inference_model.json")["Name"] == "tiny-triage"
     assert {f["path"] for f in read_json(package / "manifest.json")["files"]} >= {
-        "README.md", "genai_config.json", "model.onnx", "tokenizer.json", "chat_template.jinja", "task.json"}
+        "README.md",
+        "genai_config.json",
+        "model.onnx",
+        "tokenizer.json",
+        "chat_template.jinja",
+        "task.json",
+    }
     assert read_json(repo / "reports/package.json")["verified"] is True
 
 
@@ -173,8 +194,13 @@ def test_killed_stage_leaves_the_previous_output_whole(repo):
     params["teacher"]["bootstrap"]["train"]["epochs"] = 50  # long enough to be killed mid-training
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = {**os.environ, "PYTHONPATH": str(repo)}
-    stage = subprocess.Popen([sys.executable, "-m", "stages.teacher"], cwd=repo, env=env,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    stage = subprocess.Popen(
+        [sys.executable, "-m", "stages.teacher"],
+        cwd=repo,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 120
     while not list((repo / "reports/train").glob(".teacher.tmp-*/metrics.json")) and time.time() < deadline:
         time.sleep(0.2)  # dvclive writes metrics.json after the first logged steps: training is under way
@@ -193,9 +219,13 @@ def test_changing_lora_rank_reruns_finetune_and_what_follows_only(repo):
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     changed = changed_stages(repo)
     assert set(changed) == {"finetune", "package"}, changed  # the package's model card quotes the params
-    assert {"changed params": {"params.yaml": {"finetune.lora.r": "modified"}}} in changed["finetune"] or \
-        any("params.yaml" in json.dumps(entry) for entry in changed["finetune"])
-    mtimes = {p: (repo / p / "model.safetensors").stat().st_mtime_ns for p in ("models/teacher", "models/student", "models/finetuned")}
+    assert {"changed params": {"params.yaml": {"finetune.lora.r": "modified"}}} in changed["finetune"] or any(
+        "params.yaml" in json.dumps(entry) for entry in changed["finetune"]
+    )
+    mtimes = {
+        p: (repo / p / "model.safetensors").stat().st_mtime_ns
+        for p in ("models/teacher", "models/student", "models/finetuned")
+    }
     result = run(["dvc", "repro"], repo)
     for stage in ("finetune", "quantize", "evaluate", "package"):
         assert f"Running stage '{stage}'" in result.stdout
@@ -237,8 +267,9 @@ def test_push_to_azure_blob_then_a_fresh_clone_pulls_without_rerunning(repo, azu
     assert changed_stages(clone) == {}
     assert stages_ran(run(["dvc", "repro"], clone)) == set()
     assert hash_weights(clone / "models/teacher") == hash_weights(repo / "models/teacher")
-    assert (clone / "models/foundry/tiny-triage/manifest.json").read_bytes() == \
-        (repo / "models/foundry/tiny-triage/manifest.json").read_bytes()
+    assert (clone / "models/foundry/tiny-triage/manifest.json").read_bytes() == (
+        repo / "models/foundry/tiny-triage/manifest.json"
+    ).read_bytes()
 
 
 def set_precision(repo, precision):
@@ -273,8 +304,10 @@ def test_report_on_real_pipeline_commits(repo):
     assert '| `quantize.precision` | `"fp32"` | `"int4"` |' in markdown
     change = head["weights_mb"] - base["weights_mb"]
     assert change < 0
-    assert (f"| weights (MB) | {base['weights_mb']:.3f} | {head['weights_mb']:.3f} | -{abs(change):.3f} | "
-            f"{change / base['weights_mb']:+.1%} | ▼ ✅ |") in markdown
+    assert (
+        f"| weights (MB) | {base['weights_mb']:.3f} | {head['weights_mb']:.3f} | -{abs(change):.3f} | "
+        f"{change / base['weights_mb']:+.1%} | ▼ ✅ |"
+    ) in markdown
     assert "| weights_mb | 0% worse |" in markdown
     assert (repo / "pr/plots/latency.png").is_file()
 
@@ -285,8 +318,11 @@ def test_a_pipeline_with_an_endpoint_teacher(repo, tmp_path):
     The endpoint's key, set in the environment, ends up in no file of the project and in no log."""
     second = tmp_path / "second"
     shutil.copytree(repo, second)
-    rows = [json.loads(line) for name in ("labelled", "eval")
-            for line in (repo / f"data/small/{name}.jsonl").read_text().splitlines()]
+    rows = [
+        json.loads(line)
+        for name in ("labelled", "eval")
+        for line in (repo / f"data/small/{name}.jsonl").read_text().splitlines()
+    ]
     teacher = FakeTeacher({r["message"]: r["label"] for r in rows})
     for row in rows[:150:5]:
         teacher.faults[row["message"]] = ["500"]
@@ -314,8 +350,12 @@ def test_a_pipeline_with_an_endpoint_teacher(repo, tmp_path):
     assert len(files) > 100  # models, data, reports, dvc.lock, the DVC cache, the response cache
     assert [str(p) for p in files if FAKE_KEY.encode() in p.read_bytes()] == []
     assert read_json(second / "models/teacher/teacher.json") == {
-        "backend": "openai", "base_url": teacher.url, "model": "teacher-deployment", "api_version": None,
-        "served_model": "fake-teacher-2026-01"}
+        "backend": "openai",
+        "base_url": teacher.url,
+        "model": "teacher-deployment",
+        "api_version": None,
+        "served_model": "fake-teacher-2026-01",
+    }
     synthesize = read_json(second / "reports/synthesize.json")
     assert synthesize["accepted"] == 150 and synthesize["usage"]["requests"] == 150
     assert synthesize["usage"]["retries"] == 30 and synthesize["usage"]["failed"] == 0
@@ -325,3 +365,130 @@ def test_a_pipeline_with_an_endpoint_teacher(repo, tmp_path):
     assert metrics["memory_saved"] is None and metrics["accuracy_kept"] == metrics["exact_match"]
     assert "served model `fake-teacher-2026-01`" in (second / "models/foundry/tiny-triage/README.md").read_text()
     assert "| teacher | endpoint teacher-deployment | n/a |" in (second / "reports/report.md").read_text()
+
+
+# The tests below leave the shared repository as they found it: up to date, with the same outputs.
+
+MEETINGS = "tests/data/tasks/meetings"
+
+
+def set_params(repo, change) -> str:
+    """Apply `change` to the repository's params; returns the previous text of params.yaml, to restore."""
+    text = (repo / "params.yaml").read_text()
+    params = yaml.safe_load(text)
+    change(params)
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    return text
+
+
+def kept_outputs(repo) -> dict[str, bytes]:
+    """The outputs kept in git (cache: false): reports, predictions, plots, training curves."""
+    return {
+        str(p.relative_to(repo)): p.read_bytes()
+        for p in sorted((repo / "reports").rglob("*"))
+        if p.is_file() and "/pr/" not in str(p)
+    }
+
+
+def test_a_change_to_the_logprob_reader_reruns_distill(repo):
+    reader = repo / "slmops/train/logprobs.py"
+    original = reader.read_text()
+    run(["dvc", "repro"], repo)
+    try:
+        reader.write_text(original + "# a change to how the teacher's log-probs are read\n")
+        changed = changed_stages(repo)
+    finally:
+        reader.write_text(original)
+    assert "distill" in changed and "teacher" not in changed, changed
+    assert {"changed deps": {"slmops/train/logprobs.py": "modified"}} in changed["distill"]
+    assert changed_stages(repo) == {}
+
+
+def test_a_failed_package_loses_no_previous_output(repo):
+    run(["dvc", "repro"], repo)
+    kept, lock = kept_outputs(repo), (repo / "dvc.lock").read_bytes()
+    manifest = (repo / "models/foundry/tiny-triage/manifest.json").read_bytes()
+    original = set_params(repo, lambda p: p["package"]["verify"].update(max_output_tokens=300))  # > context (256)
+    try:
+        failed = run(["dvc", "repro"], repo, check=False)
+    finally:
+        (repo / "params.yaml").write_text(original)
+    assert failed.returncode != 0 and "Running stage 'package'" in failed.stdout, failed.stdout[-2000:]
+    assert "context" in failed.stderr, failed.stderr[-2000:]  # verification failed, as meant
+    assert kept_outputs(repo) == kept  # reports/package.json, metrics.json, report.md, predictions, plots
+    assert (repo / "dvc.lock").read_bytes() == lock
+    run(["dvc", "checkout"], repo)  # the cached outputs DVC removed before running the stage
+    assert (repo / "models/foundry/tiny-triage/manifest.json").read_bytes() == manifest
+    assert changed_stages(repo) == {}
+
+
+def test_an_interrupted_evaluate_loses_no_previous_output(repo, tmp_path):
+    """evaluate is killed once it scores its second variant; with a new limit its outputs would all differ."""
+    run(["dvc", "repro"], repo)
+    kept, lock = kept_outputs(repo), (repo / "dvc.lock").read_bytes()
+    original = set_params(repo, lambda p: p["evaluate"].update(limit=20))
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "PYTHONPATH": str(repo)}
+    log = tmp_path / "repro.log"
+    with log.open("w") as out:
+        dvc = subprocess.Popen(
+            ["dvc", "repro"], cwd=repo, env=env, start_new_session=True, stdout=out, stderr=subprocess.STDOUT
+        )
+    try:
+        deadline = time.time() + 300
+        while dvc.poll() is None and time.time() < deadline and "evaluating student" not in log.read_text():
+            time.sleep(0.2)
+        assert dvc.poll() is None, f"evaluate ended before it could be interrupted:\n{log.read_text()[-2000:]}"
+        os.killpg(dvc.pid, signal.SIGKILL)  # dvc and the stage it runs
+        dvc.wait()
+        now = kept_outputs(repo)
+    finally:
+        (repo / "params.yaml").write_text(original)
+        for name, data in kept.items():  # the shared repository as it was, whatever this test finds
+            (repo / name).write_bytes(data)
+        for stale in sorted((repo / "reports").rglob(".*.tmp-*"), reverse=True):  # a killed stage's temporaries
+            if stale.is_dir():
+                shutil.rmtree(stale)
+            elif stale.exists():
+                stale.unlink()
+    assert (repo / "dvc.lock").read_bytes() == lock
+    changed = sorted(name for name in kept if now.get(name) != kept[name])
+    assert changed == [], f"an interrupted evaluate replaced {changed}"
+    assert changed_stages(repo) == {}
+
+
+def test_switching_params_to_another_task_reruns_every_stage_and_ships_its_model(repo, tmp_path):
+    """params.yaml alone points the pipeline at a second task (an integer and a list field, another instruction)."""
+    second = tmp_path / "second"
+    shutil.copytree(repo, second)
+    run(["dvc", "repro"], second)
+    old_teacher = hash_weights(second / "models/teacher")
+
+    def meetings(params):
+        params["task"]["dir"] = MEETINGS
+        params["data"] = {name: f"{MEETINGS}/{name}.jsonl" for name in ("labelled", "prompts", "eval")}
+        params["package"]["name"] = "tiny-meetings"
+
+    set_params(second, meetings)
+    every = {"teacher", "synthesize", "distill", "finetune", "quantize", "evaluate", "package"}
+    assert set(changed_stages(second)) == every
+    assert stages_ran(run(["dvc", "repro"], second)) == every
+    assert changed_stages(second) == {}
+
+    fields = ["action", "room", "day", "attendees", "invitees"]
+    task = read_json(second / "models/foundry/tiny-meetings/task.json")
+    assert task["name"] == "meeting-requests" and task["answer_schema"]["required"] == fields
+    assert sorted(p.name for p in (second / "models/foundry").iterdir()) == ["tiny-meetings"]
+    assert hash_weights(second / "models/teacher") != old_teacher
+    accepted = [json.loads(line) for line in (second / "data/synthetic/accepted.jsonl").read_text().splitlines()]
+    assert accepted and all(list(row["label"]) == fields for row in accepted)
+    assert isinstance(accepted[0]["label"]["attendees"], int) and isinstance(accepted[0]["label"]["invitees"], list)
+    metrics = read_json(second / "reports/metrics.json")
+    assert set(metrics["variants"]["quantized"]["field_accuracy"]) == set(fields)
+    lines = (second / "reports/predictions/quantized.jsonl").read_text().splitlines()
+    predictions = [json.loads(line) for line in lines]
+    assert len(predictions) == 40 and all(list(p["label"]) == fields for p in predictions)
+    teacher = metrics["variants"]["teacher"]  # the small students here train too briefly to answer well
+    assert teacher["json_valid"] >= 0.5 and teacher["field_accuracy"]["action"] >= 0.5, teacher
+    assert read_json(second / "reports/distill.json")["examples"] == len(accepted)
+    vocab = read_json(second / "models/foundry/tiny-meetings/tokenizer.json")["model"]["vocab"]
+    assert "attendees" in vocab and "urgency" not in vocab  # the shipped model's tokenizer learned the new data

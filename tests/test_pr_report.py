@@ -13,12 +13,30 @@ from slmops.core.errors import InputError
 from slmops.core.metrics import BY_KEY, GATE_KEYS, HEADLINE, METRICS, VARIANT_COLUMNS
 from slmops.report.compare import MARKER, changed_params, check_gates, compare, read_params_text, read_revision, render
 
-HEAD_METRICS = {"exact_match": 0.85, "schema_valid": 1.0, "json_valid": 1.0, "size_mb": 0.2, "weights_mb": 0.1,
-                "latency_p50_ms": 6.0, "latency_p95_ms": 9.0, "ttft_p50_ms": 1.5, "decode_tokens_per_s": 8000.0,
-                "peak_rss_mb": 70.0, "accuracy_kept": 0.94, "latency_saved": 0.95, "memory_saved": 0.8,
-                "size_saved": 0.9, "parameters": 112960}
-BASE_METRICS = {**HEAD_METRICS, "exact_match": 0.88, "size_mb": 0.16, "latency_p50_ms": 5.0,
-                "decode_tokens_per_s": 10000.0}
+HEAD_METRICS = {
+    "exact_match": 0.85,
+    "schema_valid": 1.0,
+    "json_valid": 1.0,
+    "size_mb": 0.2,
+    "weights_mb": 0.1,
+    "latency_p50_ms": 6.0,
+    "latency_p95_ms": 9.0,
+    "ttft_p50_ms": 1.5,
+    "decode_tokens_per_s": 8000.0,
+    "peak_rss_mb": 70.0,
+    "accuracy_kept": 0.94,
+    "latency_saved": 0.95,
+    "memory_saved": 0.8,
+    "size_saved": 0.9,
+    "parameters": 112960,
+}
+BASE_METRICS = {
+    **HEAD_METRICS,
+    "exact_match": 0.88,
+    "size_mb": 0.16,
+    "latency_p50_ms": 5.0,
+    "decode_tokens_per_s": 10000.0,
+}
 
 
 def test_rows_know_which_direction_is_better():
@@ -32,8 +50,12 @@ def test_rows_know_which_direction_is_better():
 
 def test_gates_absolute_relative_new_and_missing():
     rows = compare(BASE_METRICS, HEAD_METRICS)
-    gates = {"exact_match": {"max_regression": 0.01}, "size_mb": {"max_regression_pct": 30},
-             "decode_tokens_per_s": {"max_regression_pct": 10}, "latency_p95_ms": {"max_regression": 0}}
+    gates = {
+        "exact_match": {"max_regression": 0.01},
+        "size_mb": {"max_regression_pct": 30},
+        "decode_tokens_per_s": {"max_regression_pct": 10},
+        "latency_p95_ms": {"max_regression": 0},
+    }
     results = {g.metric: g for g in check_gates(rows, gates)}
     assert results["exact_match"].status == "fail" and results["exact_match"].detail == "+3.0 pt worse"
     assert results["exact_match"].limit == "1.0 pt worse"
@@ -49,14 +71,20 @@ def test_gates_absolute_relative_new_and_missing():
 def test_markdown_has_the_marker_table_params_and_gates():
     rows = compare(BASE_METRICS, HEAD_METRICS)
     gates = check_gates(rows, {"exact_match": {"max_regression": 0.01}})
-    markdown = render("main", "workspace", rows, [("quantize.precision", "int4", "int8")], gates,
-                      {"Latency distribution": "plots/latency.png"})
+    markdown = render(
+        "main",
+        "workspace",
+        rows,
+        [("quantize.precision", "int4", "int8")],
+        gates,
+        {"Latency distribution": "plots/latency.png"},
+    )
     assert markdown.startswith(MARKER + "\n")
     assert "| exact match | 88.0% | 85.0% | -3.0 pt | -3.4% | ▼ ❌ |" in markdown
     assert "| size on disk (MB) | 0.160 | 0.200 | +0.040 | +25.0% | ▲ ❌ |" in markdown
     assert "| decode tokens/s | 10,000 | 8,000 | -2,000 | -20.0% | ▼ ❌ |" in markdown
     assert "| latency p95 (ms) | 9.00 | 9.00 | +0.00 | +0.0% | = |" in markdown
-    assert "| `quantize.precision` | `\"int4\"` | `\"int8\"` |" in markdown
+    assert '| `quantize.precision` | `"int4"` | `"int8"` |' in markdown
     assert "**❌ 1 gate(s) failed**" in markdown
     assert "| exact_match | 1.0 pt worse | +3.0 pt worse | ❌ fail |" in markdown
     assert "![Latency distribution](plots/latency.png)" in markdown
@@ -68,7 +96,8 @@ def test_changed_params_lists_added_removed_and_modified_keys():
     assert changed_params(base, head) == [
         ("gates.size_mb.max_regression_pct", "(absent)", 5),
         ("quantize.block_size", 32, "(absent)"),
-        ("quantize.precision", "int4", "int8")]
+        ("quantize.precision", "int4", "int8"),
+    ]
 
 
 def test_one_registry_feeds_the_headline_the_tables_and_the_gates():
@@ -84,7 +113,8 @@ def test_one_registry_feeds_the_headline_the_tables_and_the_gates():
 
 def test_params_text_is_read_as_dvc_reads_it():
     assert read_params_text("distill:\n  train:\n    learning_rate: 5e-3\n", "params.yaml") == {
-        "distill": {"train": {"learning_rate": 0.005}}}
+        "distill": {"train": {"learning_rate": 0.005}}
+    }
     assert read_params_text("", "params.yaml") == {}
     with pytest.raises(InputError, match="params.yaml at HEAD: not valid YAML"):
         read_params_text("a: [1,\n", "params.yaml at HEAD")
@@ -93,6 +123,7 @@ def test_params_text_is_read_as_dvc_reads_it():
 
 
 # --- against a git repository with two commits of the pipeline --------------------------------------------
+
 
 def git(repo, *args):
     subprocess.run(["git", *args], cwd=repo, check=True, capture_output=True)
@@ -103,11 +134,17 @@ def commit_pipeline_state(repo, params, metrics, message):
     if metrics is not None:
         (repo / "reports/plots/latency").mkdir(parents=True, exist_ok=True)
         (repo / "reports/metrics.json").write_text(json.dumps(metrics))
-        (repo / "reports/plots/accuracy_size.json").write_text(json.dumps(
-            [{"variant": "quantized", "size_mb": metrics["size_mb"], "exact_match": metrics["exact_match"]}]))
-        (repo / "reports/plots/latency/quantized.json").write_text(json.dumps(
-            [{"quantile": 0.25, "latency_ms": metrics["latency_p50_ms"]},
-             {"quantile": 0.75, "latency_ms": metrics["latency_p95_ms"]}]))
+        (repo / "reports/plots/accuracy_size.json").write_text(
+            json.dumps([{"variant": "quantized", "size_mb": metrics["size_mb"], "exact_match": metrics["exact_match"]}])
+        )
+        (repo / "reports/plots/latency/quantized.json").write_text(
+            json.dumps(
+                [
+                    {"quantile": 0.25, "latency_ms": metrics["latency_p50_ms"]},
+                    {"quantile": 0.75, "latency_ms": metrics["latency_p95_ms"]},
+                ]
+            )
+        )
     git(repo, "add", "-A")
     git(repo, "commit", "-qm", message)
 
@@ -131,8 +168,9 @@ def history(tmp_path):
 
 def report(repo, *args):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, "-m", "slmops.cli", "report", *args], cwd=repo, capture_output=True,
-                          text=True, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "slmops.cli", "report", *args], cwd=repo, capture_output=True, text=True, env=env
+    )
 
 
 def test_report_between_two_commits_fails_on_the_exact_match_gate(history):
@@ -143,7 +181,7 @@ def test_report_between_two_commits_fails_on_the_exact_match_gate(history):
     assert "## Model report: `HEAD` against `HEAD~1`" in markdown
     assert "| exact match | 88.0% | 85.0% | -3.0 pt | -3.4% | ▼ ❌ |" in markdown
     assert "| latency p50 (ms) | 5.00 | 6.00 | +1.00 | +20.0% | ▲ ❌ |" in markdown
-    assert "| `quantize.precision` | `\"int4\"` | `\"int8\"` |" in markdown
+    assert '| `quantize.precision` | `"int4"` | `"int8"` |' in markdown
     assert "| size_mb | 50% worse | +25.0% worse | ✅ pass |" in markdown
     assert (history / "out/plots/accuracy_size.png").read_bytes().startswith(b"\x89PNG")
     assert (history / "out/plots/latency.png").is_file()
@@ -193,8 +231,12 @@ def test_unknown_head_revision_is_named_and_nothing_is_written(history):
 def test_two_commits_give_the_same_report_whatever_the_working_copy_holds(history, working_copy):
     expected = report(history, "--base", "HEAD~1", "--head", "HEAD", "--out", "out/expected.md")
     assert expected.returncode == 1, expected.stderr
-    files = [history / "params.yaml", history / "reports/metrics.json", history / "reports/plots/accuracy_size.json",
-             history / "reports/plots/latency/quantized.json"]
+    files = [
+        history / "params.yaml",
+        history / "reports/metrics.json",
+        history / "reports/plots/accuracy_size.json",
+        history / "reports/plots/latency/quantized.json",
+    ]
     for path in files:
         if working_copy == "deleted":
             path.unlink()

@@ -13,9 +13,23 @@ from conftest import ROOT
 @pytest.fixture(scope="module")
 def server(tiny_onnx):
     """`slmops serve` on a free loopback port over the tiny int4 export (model name: its folder, int4)."""
-    process = subprocess.Popen([sys.executable, "-m", "slmops.cli", "serve", str(tiny_onnx["int4"]), "--port", "0",
-                                "--max-body-bytes", "4096"], cwd=ROOT, stdout=subprocess.PIPE,
-                               stderr=subprocess.DEVNULL, text=True)
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "slmops.cli",
+            "serve",
+            str(tiny_onnx["int4"]),
+            "--port",
+            "0",
+            "--max-body-bytes",
+            "4096",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
     line = process.stdout.readline()
     assert line.startswith("serving int4 on http://127.0.0.1:"), line
     yield line.split()[-1]  # http://127.0.0.1:PORT/v1
@@ -66,14 +80,23 @@ def test_unknown_model_is_404(client):
         client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}])
 
 
-@pytest.mark.parametrize("body, message", [
-    (b"{not json", "body is not valid JSON"),
-    (b"[1, 2]", "body must be a JSON object"),
-    (json.dumps({"model": "int4", "messages": []}).encode(), "'messages' must be a non-empty list"),
-    (json.dumps({"model": "int4", "messages": [{"role": "robot", "content": "x"}]}).encode(), "messages[0]"),
-    (json.dumps({"model": "int4", "messages": [{"role": "user", "content": "x"}], "max_tokens": 0}).encode(), "max_tokens"),
-    (json.dumps({"model": "int4", "messages": [{"role": "user", "content": "x"}], "temperature": 9}).encode(), "temperature"),
-])
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        (b"{not json", "body is not valid JSON"),
+        (b"[1, 2]", "body must be a JSON object"),
+        (json.dumps({"model": "int4", "messages": []}).encode(), "'messages' must be a non-empty list"),
+        (json.dumps({"model": "int4", "messages": [{"role": "robot", "content": "x"}]}).encode(), "messages[0]"),
+        (
+            json.dumps({"model": "int4", "messages": [{"role": "user", "content": "x"}], "max_tokens": 0}).encode(),
+            "max_tokens",
+        ),
+        (
+            json.dumps({"model": "int4", "messages": [{"role": "user", "content": "x"}], "temperature": 9}).encode(),
+            "temperature",
+        ),
+    ],
+)
 def test_malformed_body_is_400(server, body, message):
     status, payload = raw(server, "POST", "/v1/chat/completions", body)
     assert status == 400 and message in payload["error"]["message"]

@@ -20,13 +20,25 @@ def fake_answers(tokenizer, texts, finished=True):
     answers = []
     for text in texts:
         ids = tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-        answers.append(Answer(text, ids, finished, np.tile(np.array(ids, dtype=np.int32)[:, None], (1, 3)),
-                              np.full((len(ids), 3), -0.5, dtype=np.float16)))
+        answers.append(
+            Answer(
+                text,
+                ids,
+                finished,
+                np.tile(np.array(ids, dtype=np.int32)[:, None], (1, 3)),
+                np.full((len(ids), 3), -0.5, dtype=np.float16),
+            )
+        )
     return answers
 
 
 def test_malformed_teacher_answers_are_rejected_with_reasons(monkeypatch, tokenizer, task, tmp_path):
-    texts = [render_answer(GOOD), '{"intent": "order_status"', render_answer({**GOOD, "urgency": "now"}), render_answer(GOOD)]
+    texts = [
+        render_answer(GOOD),
+        '{"intent": "order_status"',
+        render_answer({**GOOD, "urgency": "now"}),
+        render_answer(GOOD),
+    ]
     answers = fake_answers(tokenizer, texts)
     answers[3].finished = False
     monkeypatch.setattr(synthesize, "generate_answers", lambda *a, **k: answers)
@@ -68,7 +80,9 @@ def test_batched_generation_with_logprobs(tiny_model, tokenizer, task):
         assert answer.topk_ids[:, 0].tolist() == answer.token_ids
         assert (np.diff(answer.topk_logprobs.astype(np.float32), axis=1) <= 0).all()
     # batching does not change greedy answers
-    alone = generate_answers(tiny_model, tokenizer, chats[:1], default("synthesize.generation", max_new_tokens=6, batch_size=1))
+    alone = generate_answers(
+        tiny_model, tokenizer, chats[:1], default("synthesize.generation", max_new_tokens=6, batch_size=1)
+    )
     assert alone[0].token_ids == answers[0].token_ids
 
 

@@ -1,11 +1,19 @@
 import json
+import sys
 
 import pytest
+from conftest import ROOT
 
 from slmops.core.errors import InputError
 from slmops.core.task import check_answer, load_task, read_labelled, render_answer, score
 
-GOLD = {"intent": "refund_request", "order_id": "ORD-48", "product": "headphones", "urgency": "high", "sentiment": "negative"}
+GOLD = {
+    "intent": "refund_request",
+    "order_id": "ORD-48",
+    "product": "headphones",
+    "urgency": "high",
+    "sentiment": "negative",
+}
 
 
 def test_valid_answer_is_accepted(task):
@@ -13,15 +21,18 @@ def test_valid_answer_is_accepted(task):
     assert answer == GOLD and reason is None
 
 
-@pytest.mark.parametrize("text, expected", [
-    ('{"intent": "refund_request"', "not valid JSON"),
-    ("refund please", "not valid JSON"),
-    (json.dumps({**GOLD, "intent": "hug"}), "schema: intent: 'hug' is not one of"),
-    (json.dumps({**GOLD, "order_id": "48"}), "schema: order_id: '48' does not match"),
-    (json.dumps({k: v for k, v in GOLD.items() if k != "urgency"}), "'urgency' is a required property"),
-    (json.dumps({**GOLD, "extra": 1}), "Additional properties are not allowed"),
-    ("[1, 2]", "schema: (root): [1, 2] is not of type 'object'"),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ('{"intent": "refund_request"', "not valid JSON"),
+        ("refund please", "not valid JSON"),
+        (json.dumps({**GOLD, "intent": "hug"}), "schema: intent: 'hug' is not one of"),
+        (json.dumps({**GOLD, "order_id": "48"}), "schema: order_id: '48' does not match"),
+        (json.dumps({k: v for k, v in GOLD.items() if k != "urgency"}), "'urgency' is a required property"),
+        (json.dumps({**GOLD, "extra": 1}), "Additional properties are not allowed"),
+        ("[1, 2]", "schema: (root): [1, 2] is not of type 'object'"),
+    ],
+)
 def test_malformed_answers_are_rejected_with_a_reason(task, text, expected):
     answer, reason = check_answer(task, text)
     assert answer is None
@@ -31,16 +42,22 @@ def test_malformed_answers_are_rejected_with_a_reason(task, text, expected):
 def test_score_against_hand_computed_figures(task):
     labels = [GOLD, GOLD, GOLD, GOLD]
     predictions = [
-        render_answer(GOLD),                                     # exact
-        render_answer({**GOLD, "product": "HEADPHONES "}),       # exact: product is case-insensitive
+        render_answer(GOLD),  # exact
+        render_answer({**GOLD, "product": "HEADPHONES "}),  # exact: product is case-insensitive
         render_answer({**GOLD, "order_id": "ord-48", "urgency": "low"}),  # order_id is case-sensitive: 3/5 fields
-        "not json",                                              # 0/5 fields
+        "not json",  # 0/5 fields
     ]
     figures = score(task, predictions, labels)
     assert figures["exact_match"] == 0.5
     assert figures["json_valid"] == 0.75
     assert figures["schema_valid"] == 0.25  # "HEADPHONES " is not in the enum, "ord-48" breaks the pattern
-    assert figures["field_accuracy"] == {"intent": 0.75, "order_id": 0.5, "product": 0.75, "urgency": 0.5, "sentiment": 0.75}
+    assert figures["field_accuracy"] == {
+        "intent": 0.75,
+        "order_id": 0.5,
+        "product": 0.75,
+        "urgency": 0.5,
+        "sentiment": 0.75,
+    }
     assert figures["n"] == 4
 
 
@@ -51,8 +68,12 @@ def test_score_rejects_mismatched_lengths(task):
 
 def test_labelled_file_with_a_bad_label_names_the_record(task, tmp_path):
     path = tmp_path / "labelled.jsonl"
-    path.write_text(json.dumps({"id": "a", "message": "hi", "label": GOLD}) + "\n"
-                    + json.dumps({"id": "b", "message": "hi", "label": {**GOLD, "urgency": "soon"}}) + "\n")
+    path.write_text(
+        json.dumps({"id": "a", "message": "hi", "label": GOLD})
+        + "\n"
+        + json.dumps({"id": "b", "message": "hi", "label": {**GOLD, "urgency": "soon"}})
+        + "\n"
+    )
     with pytest.raises(InputError, match=r"record 2 \(id b\): label urgency: 'soon' is not one of"):
         read_labelled(path, task)
 
@@ -60,3 +81,36 @@ def test_labelled_file_with_a_bad_label_names_the_record(task, tmp_path):
 def test_missing_task_spec_is_an_input_error(tmp_path):
     with pytest.raises(InputError, match="task spec not found"):
         load_task(tmp_path)
+
+
+MEETINGS = ROOT / "tests/data/tasks/meetings"
+MEETING = {"action": "book", "room": "Orion", "day": "Monday", "attendees": 1, "invitees": ["Ana", "Ben"]}
+
+
+def test_score_compares_integer_and_list_fields_by_type_and_order():
+    meetings = load_task(MEETINGS)
+    predictions = [
+        render_answer({**MEETING, "invitees": ["ana", " Ben"]}),  # exact: invitees are case-insensitive, stripped
+        render_answer({**MEETING, "attendees": True}),  # true is not 1: 4/5 fields
+        render_answer({**MEETING, "attendees": "1"}),  # "1" is not 1: 4/5 fields
+        render_answer({**MEETING, "invitees": ["Ben", "Ana"]}),  # the order is asked for: 4/5 fields
+        render_answer({**MEETING, "invitees": []}),  # 4/5 fields
+    ]
+    figures = score(meetings, predictions, [MEETING] * 5)
+    assert figures["exact_match"] == 0.2
+    assert figures["schema_valid"] == 0.4  # "ana" and " Ben" are not in the enum; true and "1" are not integers
+    assert figures["field_accuracy"] == {"action": 1.0, "room": 1.0, "day": 1.0, "attendees": 0.6, "invitees": 0.6}
+
+
+def test_meetings_data_is_what_its_script_writes_and_fits_the_schema(tmp_path):
+    sys.path.insert(0, str(MEETINGS.parent))
+    try:
+        import make_meetings
+    finally:
+        sys.path.remove(str(MEETINGS.parent))
+    make_meetings.main(tmp_path)
+    for name in ("labelled", "prompts", "eval"):
+        assert (tmp_path / f"{name}.jsonl").read_text() == (MEETINGS / f"{name}.jsonl").read_text(), name
+    meetings = load_task(MEETINGS)
+    assert len(read_labelled(MEETINGS / "labelled.jsonl", meetings)) == 150
+    assert len(read_labelled(MEETINGS / "eval.jsonl", meetings)) == 40

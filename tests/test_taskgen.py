@@ -11,7 +11,9 @@ def messages(path):
 
 def test_eval_set_shares_no_message_with_the_training_data():
     eval_messages = set(messages(ROOT / "data/eval/eval.jsonl"))
-    train_messages = set(messages(ROOT / "data/seed/labelled.jsonl")) | set(messages(ROOT / "data/prompts/unlabelled.jsonl"))
+    train_messages = set(messages(ROOT / "data/seed/labelled.jsonl")) | set(
+        messages(ROOT / "data/prompts/unlabelled.jsonl")
+    )
     assert len(eval_messages) == 300
     assert not eval_messages & train_messages
 

@@ -10,7 +10,7 @@ from slmops.train.trainer import DistillationTrainer, train
 def test_encode_chat_masks_the_prompt_and_keeps_the_answer(tokenizer, task, labelled):
     row = labelled[0]
     example = encode_chat(tokenizer, task.messages(row["message"], render_answer(row["label"])))
-    answer = [t for t, label in zip(example["input_ids"], example["labels"]) if label != IGNORE]
+    answer = [t for t, label in zip(example["input_ids"], example["labels"], strict=False) if label != IGNORE]
     assert tokenizer.decode(answer) == render_answer(row["label"]) + "<|end|>"
     n_prompt = example["labels"].count(IGNORE)
     assert tokenizer.decode(example["input_ids"][:n_prompt]).endswith("<|assistant|>")
@@ -22,16 +22,22 @@ def test_encode_chat_uses_given_answer_tokens_verbatim(tokenizer, task):
 
 
 def test_collator_pads_and_aligns_teacher_logprobs(tokenizer, task):
-    a = attach_teacher_logprobs(encode_chat(tokenizer, task.messages("hi", "x"), answer_ids=[10, 11]),
-                                np.array([[10, 3], [11, 4]]), np.array([[-0.1, -2.0], [-0.2, -3.0]]))
-    b = attach_teacher_logprobs(encode_chat(tokenizer, task.messages("a longer message here", "x"), answer_ids=[12]),
-                                np.array([[12, 3]]), np.array([[-0.3, -1.0]]))
+    a = attach_teacher_logprobs(
+        encode_chat(tokenizer, task.messages("hi", "x"), answer_ids=[10, 11]),
+        np.array([[10, 3], [11, 4]]),
+        np.array([[-0.1, -2.0], [-0.2, -3.0]]),
+    )
+    b = attach_teacher_logprobs(
+        encode_chat(tokenizer, task.messages("a longer message here", "x"), answer_ids=[12]),
+        np.array([[12, 3]]),
+        np.array([[-0.3, -1.0]]),
+    )
     batch = Collator(tokenizer.pad_token_id)([a, b])
     width = max(len(a["input_ids"]), len(b["input_ids"]))
     assert batch["input_ids"].shape == (2, width) and batch["kd_ids"].shape == (2, width, 2)
     n = len(a["input_ids"])
-    assert batch["kd_ids"][0, n - 2:n].tolist() == [[10, 3], [11, 4]]
-    assert batch["labels"][0, n - 2:n].tolist() == [10, 11]
+    assert batch["kd_ids"][0, n - 2 : n].tolist() == [[10, 3], [11, 4]]
+    assert batch["labels"][0, n - 2 : n].tolist() == [10, 11]
     assert batch["attention_mask"][0, n:].sum() == 0 and (batch["labels"][0, n:] == IGNORE).all()
 
 
@@ -44,7 +50,9 @@ def test_training_lowers_the_loss_with_and_without_kd(tiny_model, tokenizer, tas
         batch = collate(examples)
         with torch.no_grad():
             logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
-        return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), batch["labels"][:, 1:].reshape(-1), ignore_index=IGNORE).item()
+        return torch.nn.functional.cross_entropy(
+            logits.reshape(-1, logits.size(-1)), batch["labels"][:, 1:].reshape(-1), ignore_index=IGNORE
+        ).item()
 
     before = loss_of(tiny_model)
     config = default("distill.train", epochs=3, batch_size=8, learning_rate=1e-2, warmup_ratio=0.0)
@@ -58,17 +66,27 @@ def test_training_lowers_the_loss_with_and_without_kd(tiny_model, tokenizer, tas
     for ex in examples:
         n_answer = len(ex["input_ids"]) - ex["labels"].count(IGNORE)
         answer = [t for t in ex["labels"] if t != IGNORE]
-        ids = np.array([[t] + [0, 1, 2][:k - 1] for t in answer])
+        ids = np.array([[t] + [0, 1, 2][: k - 1] for t in answer])
         logprobs = np.tile(np.log(np.array([0.97, 0.01, 0.01, 0.01])), (n_answer, 1))
         with_kd.append(attach_teacher_logprobs(ex, ids, logprobs))
-    kd_stats = train(tiny_model, tokenizer, with_kd, config, 0, tmp_path / "live-kd",
-                     kd=default("distill.kd", alpha=0.5, loss="jsd", temperature=2.0, beta=0.5))
+    kd_stats = train(
+        tiny_model,
+        tokenizer,
+        with_kd,
+        config,
+        0,
+        tmp_path / "live-kd",
+        kd=default("distill.kd", alpha=0.5, loss="jsd", temperature=2.0, beta=0.5),
+    )
     assert np.isfinite(kd_stats["train_loss"])
 
 
 def test_distillation_loss_mixes_ce_and_kd(tiny_model, tokenizer, task):
-    example = attach_teacher_logprobs(encode_chat(tokenizer, task.messages("hi", "x"), answer_ids=[10, 11]),
-                                      np.array([[10, 3], [11, 4]]), np.array([[-0.1, -2.4], [-0.2, -1.7]]))
+    example = attach_teacher_logprobs(
+        encode_chat(tokenizer, task.messages("hi", "x"), answer_ids=[10, 11]),
+        np.array([[10, 3], [11, 4]]),
+        np.array([[-0.1, -2.4], [-0.2, -1.7]]),
+    )
     batch = Collator(tokenizer.pad_token_id)([example])
     trainer = DistillationTrainer.__new__(DistillationTrainer)
     trainer.kd = None

@@ -32,8 +32,10 @@ def test_zizmor_would_catch_a_template_injection(tmp_path):
     """The check above can fail: the same command on a workflow that injects a pull-request title."""
     bad = tmp_path / ".github/workflows/bad.yml"
     bad.parent.mkdir(parents=True)
-    bad.write_text("on: pull_request\npermissions: {}\njobs:\n  x:\n    runs-on: ubuntu-latest\n    steps:\n"
-                   "      - run: echo \"${{ github.event.pull_request.title }}\"\n")
+    bad.write_text(
+        "on: pull_request\npermissions: {}\njobs:\n  x:\n    runs-on: ubuntu-latest\n    steps:\n"
+        '      - run: echo "${{ github.event.pull_request.title }}"\n'
+    )
     result = tool("zizmor", "--offline", "--min-severity", "medium", bad.parent)
     assert result.returncode != 0 and "template-injection" in result.stdout
 
@@ -48,7 +50,9 @@ def test_least_privilege_and_pinned_actions(path):
     assert workflow["concurrency"]["cancel-in-progress"] is True
     for uses in re.findall(r"uses:\s*(\S+)", text):
         assert re.fullmatch(r"[\w.-]+/[\w.-]+@[0-9a-f]{40}", uses), f"{uses} is not pinned to a commit"
-    for step in (s for job in workflow["jobs"].values() for s in job["steps"] if "actions/checkout" in s.get("uses", "")):
+    for step in (
+        s for job in workflow["jobs"].values() for s in job["steps"] if "actions/checkout" in s.get("uses", "")
+    ):
         assert step["with"]["persist-credentials"] is False
 
 

@@ -22,6 +22,7 @@ def configure_logging() -> None:
 
 def exits_2_on_input_error(main):
     """Wrap a stage's main(): logging configured; an InputError is logged as `error: ...` and exits with code 2."""
+
     @functools.wraps(main)
     def wrapper(*args, **kwargs):
         configure_logging()

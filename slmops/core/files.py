@@ -7,8 +7,8 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from slmops.core.errors import InputError
 
@@ -51,6 +51,17 @@ def write_json(path: str | Path, obj) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
+def parse_json_object(text: str, where: str) -> dict:
+    """The JSON object in `text`; InputError naming `where` (file and line, or file at a revision) otherwise."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise InputError(f"{where}: not valid JSON ({err.msg} at line {err.lineno} column {err.colno})") from None
+    if not isinstance(value, dict):
+        raise InputError(f"{where}: expected a JSON object, got {type(value).__name__}")
+    return value
+
+
 def read_jsonl(path: str | Path, required: tuple[str, ...] = ()) -> list[dict]:
     """Read a JSONL file; a malformed line or a record missing a required key names file and line."""
     path = Path(path)
@@ -61,12 +72,7 @@ def read_jsonl(path: str | Path, required: tuple[str, ...] = ()) -> list[dict]:
         for number, line in enumerate(f, start=1):
             if not line.strip():
                 continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise InputError(f"{path}:{number}: not valid JSON ({err.msg} at column {err.colno})") from None
-            if not isinstance(row, dict):
-                raise InputError(f"{path}:{number}: expected a JSON object, got {type(row).__name__}")
+            row = parse_json_object(line, f"{path}:{number}")
             missing = [key for key in required if key not in row]
             if missing:
                 raise InputError(f"{path}:{number}: missing key(s) {', '.join(missing)}")

@@ -96,7 +96,7 @@ def score(task: Task, predictions: list[str], labels: list[dict]) -> dict:
     n = len(labels)
     json_valid = schema_valid = exact = 0
     field_hits = dict.fromkeys(task.fields, 0)
-    for text, gold in zip(predictions, labels):
+    for text, gold in zip(predictions, labels, strict=False):
         try:
             parsed = json.loads(text)
             json_valid += 1
@@ -104,7 +104,9 @@ def score(task: Task, predictions: list[str], labels: list[dict]) -> dict:
         except json.JSONDecodeError:
             parsed = None
         parsed = parsed if isinstance(parsed, dict) else {}
-        hits = {f: _normalise(task, f, parsed.get(f, "<missing>")) == _normalise(task, f, gold.get(f)) for f in task.fields}
+        hits = {
+            f: _normalise(task, f, parsed.get(f, "<missing>")) == _normalise(task, f, gold.get(f)) for f in task.fields
+        }
         exact += all(hits.values())
         for f, hit in hits.items():
             field_hits[f] += hit

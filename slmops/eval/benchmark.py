@@ -52,21 +52,31 @@ def time_torch(model_dir: str, chats: list[list[dict]], max_new_tokens: int) -> 
             batch = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
             streamer = FirstToken()
             start = time.perf_counter()
-            out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, streamer=streamer,
-                                 pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+            out = model.generate(
+                **batch,
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                streamer=streamer,
+                pad_token_id=tokenizer.pad_token_id,
+                eos_token_id=tokenizer.eos_token_id,
+            )
             seconds = time.perf_counter() - start
             tokens = out.shape[1] - batch["input_ids"].shape[1]
             timings.append(Timing(seconds, (streamer.first or time.perf_counter()) - start, tokens))
     return timings
 
 
-def time_onnx(model_dir: str, chats: list[list[dict]], max_new_tokens: int, execution_provider: str = "cpu") -> list[Timing]:
+def time_onnx(
+    model_dir: str, chats: list[list[dict]], max_new_tokens: int, execution_provider: str = "cpu"
+) -> list[Timing]:
     from slmops.onnx.runtime import OnnxChatModel
 
     model = OnnxChatModel(model_dir, execution_provider)
     # +1: the end token, which generate() above counts too
-    return [Timing(a.seconds, a.first_token_seconds, a.tokens + 1)
-            for a in (model.answer(chat, max_new_tokens) for chat in chats)]
+    return [
+        Timing(a.seconds, a.first_token_seconds, a.tokens + 1)
+        for a in (model.answer(chat, max_new_tokens) for chat in chats)
+    ]
 
 
 def latency_percentiles(latencies_ms: list[float]) -> dict:
@@ -87,12 +97,28 @@ def summarize(timings: list[Timing]) -> dict:
     }
 
 
-def measure(kind: str, model_dir: str, chats: list[list[dict]], warmup: int, max_new_tokens: int,
-            execution_provider: str = "cpu") -> dict:
+def measure(
+    kind: str,
+    model_dir: str,
+    chats: list[list[dict]],
+    warmup: int,
+    max_new_tokens: int,
+    execution_provider: str = "cpu",
+) -> dict:
     """Run in a child process: summary figures, each request's latency, and the child's peak RSS."""
-    payload = json.dumps({"kind": kind, "model_dir": model_dir, "chats": chats, "warmup": warmup,
-                          "max_new_tokens": max_new_tokens, "execution_provider": execution_provider})
-    result = subprocess.run([sys.executable, "-m", "slmops.eval.benchmark"], input=payload, capture_output=True, text=True)
+    payload = json.dumps(
+        {
+            "kind": kind,
+            "model_dir": model_dir,
+            "chats": chats,
+            "warmup": warmup,
+            "max_new_tokens": max_new_tokens,
+            "execution_provider": execution_provider,
+        }
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "slmops.eval.benchmark"], input=payload, capture_output=True, text=True
+    )
     if result.returncode != 0:
         raise RuntimeError(f"speed measurement of {model_dir} failed:\n{result.stderr[-3000:]}")
     return json.loads(result.stdout.strip().splitlines()[-1])
@@ -101,9 +127,10 @@ def measure(kind: str, model_dir: str, chats: list[list[dict]], warmup: int, max
 def peak_rss_mb() -> float:
     """This process's peak resident memory. Not getrusage: Linux keeps ru_maxrss across exec, so a child
     would report its parent's peak; VmHWM belongs to the current address space."""
-    for line in open("/proc/self/status"):
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
     raise RuntimeError("no VmHWM in /proc/self/status (peak memory is measured on Linux only)")
 
 
@@ -111,7 +138,7 @@ def _child() -> None:
     job = json.loads(sys.stdin.read())
     timer = time_torch if job["kind"] == "torch" else time_onnx
     extra = {} if job["kind"] == "torch" else {"execution_provider": job["execution_provider"]}
-    timings = timer(job["model_dir"], job["chats"], job["max_new_tokens"], **extra)[job["warmup"]:]
+    timings = timer(job["model_dir"], job["chats"], job["max_new_tokens"], **extra)[job["warmup"] :]
     figures = summarize(timings)
     figures["peak_rss_mb"] = peak_rss_mb()
     figures["latencies_ms"] = [t.seconds * 1000 for t in timings]
@@ -119,5 +146,7 @@ def _child() -> None:
 
 
 if __name__ == "__main__":
-    argparse.ArgumentParser(description="Child process of slmops.eval.benchmark.measure: a JSON job on stdin.").parse_args()
+    argparse.ArgumentParser(
+        description="Child process of slmops.eval.benchmark.measure: a JSON job on stdin."
+    ).parse_args()
     _child()

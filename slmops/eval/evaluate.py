@@ -26,14 +26,17 @@ HEADLINE = tuple(metric.key for metric in HEADLINE_METRICS)
 
 
 def _predictions(rows: list[dict], answers: list[str]) -> list[dict]:
-    return [{"id": r.get("id"), "message": r["message"], "label": r["label"], "answer": a}
-            for r, a in zip(rows, answers, strict=True)]
+    return [
+        {"id": r.get("id"), "message": r["message"], "label": r["label"], "answer": a}
+        for r, a in zip(rows, answers, strict=True)
+    ]
 
 
 def score_torch(model, tokenizer, task: Task, rows: list[dict], settings: GenerationSettings, seed: int, name: str):
     """(figures, predictions) of a PyTorch model on labelled rows: accuracy figures plus parameter count."""
-    answers = generate_answers(model, tokenizer, [task.messages(r["message"]) for r in rows], settings, seed,
-                               progress=f"evaluating {name}")
+    answers = generate_answers(
+        model, tokenizer, [task.messages(r["message"]) for r in rows], settings, seed, progress=f"evaluating {name}"
+    )
     texts = [a.text for a in answers]
     figures = score(task, texts, [r["label"] for r in rows])
     figures["parameters"] = count_parameters(model)
@@ -42,9 +45,10 @@ def score_torch(model, tokenizer, task: Task, rows: list[dict], settings: Genera
 
 def score_onnx(model: OnnxChatModel, task: Task, rows: list[dict], settings: GenerationSettings, name: str):
     """(figures, predictions) of an onnxruntime-genai model on labelled rows, one request at a time."""
-    texts = [model.answer(task.messages(r["message"]), settings.max_new_tokens,
-                          settings.genai_search_options()).text
-             for r in tqdm(rows, desc=f"evaluating {name}", unit="prompt")]
+    texts = [
+        model.answer(task.messages(r["message"]), settings.max_new_tokens, settings.genai_search_options()).text
+        for r in tqdm(rows, desc=f"evaluating {name}", unit="prompt")
+    ]
     return score(task, texts, [r["label"] for r in rows]), _predictions(rows, texts)
 
 
@@ -58,6 +62,7 @@ class Evaluation:
 @dataclass
 class Workload:
     """What every variant is asked: the eval rows, how to answer, and the requests to time (warm-up first)."""
+
     task: Task
     rows: list[dict]
     settings: GenerationSettings
@@ -69,6 +74,7 @@ class Workload:
 @dataclass
 class TorchVariant:
     """A Hugging Face model folder run in PyTorch fp32 (the teacher through its pin check)."""
+
     name: str
     folder: Path
 
@@ -86,6 +92,7 @@ class TorchVariant:
 @dataclass
 class OnnxVariant:
     """An onnxruntime-genai export; its parameter count is its source variant's."""
+
     name: str
     folder: Path
     execution_provider: str
@@ -95,11 +102,22 @@ class OnnxVariant:
     def evaluate(self, work: Workload) -> Evaluation:
         model = OnnxChatModel(self.folder, self.execution_provider)
         figures, predictions = score_onnx(model, work.task, work.rows, work.settings, self.name)
-        timing = measure("onnx", str(self.folder), work.timed_chats, work.warmup, work.settings.max_new_tokens,
-                         self.execution_provider)
+        timing = measure(
+            "onnx",
+            str(self.folder),
+            work.timed_chats,
+            work.warmup,
+            work.settings.max_new_tokens,
+            self.execution_provider,
+        )
         latencies = timing.pop("latencies_ms")
-        figures = {"runtime": f"onnxruntime-genai {self.precision}", **figures, **timing, "parameters": None,
-                   **size_on_disk(self.folder)}
+        figures = {
+            "runtime": f"onnxruntime-genai {self.precision}",
+            **figures,
+            **timing,
+            "parameters": None,
+            **size_on_disk(self.folder),
+        }
         return Evaluation(figures, predictions, latencies)
 
 
@@ -107,6 +125,7 @@ class OnnxVariant:
 class EndpointVariant:
     """A teacher behind an endpoint: accuracy through the response cache, latency from fresh requests one at a
     time. A remote model's size, memory and parameters are unknown: None."""
+
     name: str
     endpoint: Endpoint
     requests: Requests
@@ -118,11 +137,21 @@ class EndpointVariant:
         replies, failures = complete_all(self.endpoint, body, chats, self.requests, Usage(), desc="evaluating teacher")
         check_success_ratio(failures, self.requests.min_success_ratio, self.requests.cache)
         texts = [unfence(reply["content"]) if reply else "" for reply in replies]
-        latencies = [s * 1000 for s in time_requests(self.endpoint, body, work.timed_chats, self.requests)][work.warmup:]
-        figures = {"runtime": f"endpoint {self.endpoint.model}", **score(work.task, texts, [r["label"] for r in work.rows]),
-                   **latency_percentiles(latencies), "requests": len(latencies), "ttft_p50_ms": None,
-                   "decode_tokens_per_s": None, "peak_rss_mb": None, "parameters": None, "size_mb": None,
-                   "weights_mb": None}
+        latencies = [s * 1000 for s in time_requests(self.endpoint, body, work.timed_chats, self.requests)][
+            work.warmup :
+        ]
+        figures = {
+            "runtime": f"endpoint {self.endpoint.model}",
+            **score(work.task, texts, [r["label"] for r in work.rows]),
+            **latency_percentiles(latencies),
+            "requests": len(latencies),
+            "ttft_p50_ms": None,
+            "decode_tokens_per_s": None,
+            "peak_rss_mb": None,
+            "parameters": None,
+            "size_mb": None,
+            "weights_mb": None,
+        }
         return Evaluation(figures, _predictions(work.rows, texts), latencies)
 
 
@@ -147,8 +176,10 @@ def size_on_disk(folder: str | Path) -> dict:
     """Megabytes of what ships (weights, config, tokenizer; not our records) and of the weights alone."""
     files = [p for p in Path(folder).iterdir() if p.is_file() and p.name not in PIPELINE_RECORDS]
     weights = {p for pattern in WEIGHT_FILES for p in Path(folder).glob(pattern)}
-    return {"size_mb": sum(p.stat().st_size for p in files) / 1e6,
-            "weights_mb": sum(p.stat().st_size for p in weights) / 1e6}
+    return {
+        "size_mb": sum(p.stat().st_size for p in files) / 1e6,
+        "weights_mb": sum(p.stat().st_size for p in weights) / 1e6,
+    }
 
 
 def _saved(baseline: float | None, value: float) -> float | None:
@@ -181,11 +212,15 @@ def metrics(variants: dict[str, dict], shipped: str = "quantized") -> dict:
 
 def plot_rows(variants: dict[str, dict], latencies: dict[str, list[float]]) -> tuple[list[dict], dict[str, list[dict]]]:
     """DVC plot data: accuracy against size (one point per variant) and each variant's latency quantiles."""
-    accuracy_size = [{"variant": name, "size_mb": v["size_mb"], "exact_match": v["exact_match"]}
-                     for name, v in variants.items() if v["size_mb"] is not None]
+    accuracy_size = [
+        {"variant": name, "size_mb": v["size_mb"], "exact_match": v["exact_match"]}
+        for name, v in variants.items()
+        if v["size_mb"] is not None
+    ]
     quantiles = {}
     for name, values in latencies.items():
         ordered = sorted(values)
-        quantiles[name] = [{"quantile": round((i + 0.5) / len(ordered), 4), "latency_ms": ms}
-                           for i, ms in enumerate(ordered)]
+        quantiles[name] = [
+            {"quantile": round((i + 0.5) / len(ordered), 4), "latency_ms": ms} for i, ms in enumerate(ordered)
+        ]
     return accuracy_size, quantiles

@@ -26,12 +26,17 @@ def sha256(path: Path) -> str:
 
 def prompt_template(model) -> dict:
     """Foundry Local's PromptTemplate, rendered from the model's own chat template (via onnxruntime-genai)."""
+
     def render(role: str, generation_prompt: bool = False) -> str:
         messages = json.dumps([{"role": role, "content": CONTENT}])
         return model.tokenizer.apply_chat_template(messages, add_generation_prompt=generation_prompt)
 
-    return {"system": render("system"), "user": render("user"), "assistant": render("assistant"),
-            "prompt": render("user", generation_prompt=True)}
+    return {
+        "system": render("system"),
+        "user": render("user"),
+        "assistant": render("assistant"),
+        "prompt": render("user", generation_prompt=True),
+    }
 
 
 def inference_model(name: str, model) -> dict:
@@ -56,8 +61,11 @@ def build_package(out: Path, export_dir: Path, name: str, version: int, task, ca
 
 def write_manifest(folder: Path, name: str, version: int) -> dict:
     """manifest.json: every other file with its SHA-256 and size; validated before it is written."""
-    files = [{"path": p.relative_to(folder).as_posix(), "sha256": sha256(p), "bytes": p.stat().st_size}
-             for p in sorted(folder.rglob("*")) if p.is_file() and p.name != MANIFEST]
+    files = [
+        {"path": p.relative_to(folder).as_posix(), "sha256": sha256(p), "bytes": p.stat().st_size}
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.name != MANIFEST
+    ]
     manifest = {"name": name, "version": version, "files": files}
     jsonschema.validate(manifest, MANIFEST_SCHEMA)
     (folder / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")

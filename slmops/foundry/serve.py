@@ -38,15 +38,24 @@ def parse_chat_request(body: bytes, model_name: str, context_length: int) -> dic
     if not isinstance(request, dict):
         raise RequestError(HTTPStatus.BAD_REQUEST, "body must be a JSON object")
     if request.get("model") != model_name:
-        raise RequestError(HTTPStatus.NOT_FOUND, f"model {request.get('model')!r} not found; this server has "
-                           f"{model_name!r}", "model_not_found")
+        raise RequestError(
+            HTTPStatus.NOT_FOUND,
+            f"model {request.get('model')!r} not found; this server has {model_name!r}",
+            "model_not_found",
+        )
     messages = request.get("messages")
     if not isinstance(messages, list) or not messages:
         raise RequestError(HTTPStatus.BAD_REQUEST, "'messages' must be a non-empty list")
     for i, message in enumerate(messages):
-        if not isinstance(message, dict) or message.get("role") not in ROLES or not isinstance(message.get("content"), str):
-            raise RequestError(HTTPStatus.BAD_REQUEST, f"messages[{i}] must be an object with a role "
-                               f"({', '.join(sorted(ROLES))}) and a string content")
+        if (
+            not isinstance(message, dict)
+            or message.get("role") not in ROLES
+            or not isinstance(message.get("content"), str)
+        ):
+            raise RequestError(
+                HTTPStatus.BAD_REQUEST,
+                f"messages[{i}] must be an object with a role ({', '.join(sorted(ROLES))}) and a string content",
+            )
     max_tokens = request.get("max_completion_tokens", request.get("max_tokens", context_length))
     temperature, top_p = request.get("temperature", 0.0), request.get("top_p", 1.0)
     if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
@@ -54,9 +63,13 @@ def parse_chat_request(body: bytes, model_name: str, context_length: int) -> dic
     for key, value, low, high in (("temperature", temperature, 0, 2), ("top_p", top_p, 0, 1)):
         if not isinstance(value, (int, float)) or isinstance(value, bool) or not low <= value <= high:
             raise RequestError(HTTPStatus.BAD_REQUEST, f"'{key}' must be a number from {low} to {high}")
-    return {"messages": [{"role": m["role"], "content": m["content"]} for m in messages],
-            "max_tokens": max_tokens, "temperature": float(temperature), "top_p": float(top_p),
-            "stream": bool(request.get("stream", False))}
+    return {
+        "messages": [{"role": m["role"], "content": m["content"]} for m in messages],
+        "max_tokens": max_tokens,
+        "temperature": float(temperature),
+        "top_p": float(top_p),
+        "stream": bool(request.get("stream", False)),
+    }
 
 
 class ChatServer(ThreadingHTTPServer):
@@ -77,8 +90,13 @@ class ChatHandler(BaseHTTPRequestHandler):
 
     def do_GET(self):
         if self.path.rstrip("/") == "/v1/models":
-            self._json(HTTPStatus.OK, {"object": "list", "data": [
-                {"id": self.server.name, "object": "model", "created": 0, "owned_by": "slmops"}]})
+            self._json(
+                HTTPStatus.OK,
+                {
+                    "object": "list",
+                    "data": [{"id": self.server.name, "object": "model", "created": 0, "owned_by": "slmops"}],
+                },
+            )
         else:
             self._error(RequestError(HTTPStatus.NOT_FOUND, f"no such path: {self.path}"))
 
@@ -89,8 +107,11 @@ class ChatHandler(BaseHTTPRequestHandler):
             request = parse_chat_request(self._body(), self.server.name, self.server.model.context_length)
             prompt = self.server.model.prompt_tokens(request["messages"])
             if len(prompt) >= self.server.model.context_length:
-                raise RequestError(HTTPStatus.BAD_REQUEST, f"the prompt is {len(prompt)} tokens; the model's "
-                                   f"context is {self.server.model.context_length}", "context_length_exceeded")
+                raise RequestError(
+                    HTTPStatus.BAD_REQUEST,
+                    f"the prompt is {len(prompt)} tokens; the model's context is {self.server.model.context_length}",
+                    "context_length_exceeded",
+                )
             with self.server.lock:
                 (self._stream if request["stream"] else self._complete)(request, prompt)
         except RequestError as err:
@@ -102,26 +123,43 @@ class ChatHandler(BaseHTTPRequestHandler):
             raise RequestError(HTTPStatus.LENGTH_REQUIRED, "a Content-Length header is required")
         if int(length) > self.server.max_body_bytes:
             self.close_connection = True  # the unread body must not be parsed as the next request
-            raise RequestError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
-                               f"body of {length} bytes exceeds the limit of {self.server.max_body_bytes}")
+            raise RequestError(
+                HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+                f"body of {length} bytes exceeds the limit of {self.server.max_body_bytes}",
+            )
         return self.rfile.read(int(length))
 
     def _pieces(self, request, prompt):
         sampling = {"do_sample": True, "temperature": request["temperature"], "top_p": request["top_p"]}
-        return self.server.model.stream(request["messages"], request["max_tokens"],
-                                        sampling if request["temperature"] > 0 else None, prompt=prompt)
+        return self.server.model.stream(
+            request["messages"], request["max_tokens"], sampling if request["temperature"] > 0 else None, prompt=prompt
+        )
 
     def _complete(self, request, prompt):
         pieces = list(self._pieces(request, prompt))
-        self._json(HTTPStatus.OK, {
-            "id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),
-            "model": self.server.name,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": "".join(pieces).strip()},
-                         "finish_reason": _finish_reason(len(pieces), request["max_tokens"], len(prompt),
-                                                         self.server.model.context_length)}],
-            "usage": {"prompt_tokens": len(prompt), "completion_tokens": len(pieces),
-                      "total_tokens": len(prompt) + len(pieces)},
-        })
+        self._json(
+            HTTPStatus.OK,
+            {
+                "id": f"chatcmpl-{uuid.uuid4().hex}",
+                "object": "chat.completion",
+                "created": int(time.time()),
+                "model": self.server.name,
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": "".join(pieces).strip()},
+                        "finish_reason": _finish_reason(
+                            len(pieces), request["max_tokens"], len(prompt), self.server.model.context_length
+                        ),
+                    }
+                ],
+                "usage": {
+                    "prompt_tokens": len(prompt),
+                    "completion_tokens": len(pieces),
+                    "total_tokens": len(prompt) + len(pieces),
+                },
+            },
+        )
 
     def _stream(self, request, prompt):
         self.send_response(HTTPStatus.OK)
@@ -130,8 +168,12 @@ class ChatHandler(BaseHTTPRequestHandler):
         self.send_header("Connection", "close")
         self.end_headers()
         self.close_connection = True
-        base = {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion.chunk",
-                "created": int(time.time()), "model": self.server.name}
+        base = {
+            "id": f"chatcmpl-{uuid.uuid4().hex}",
+            "object": "chat.completion.chunk",
+            "created": int(time.time()),
+            "model": self.server.name,
+        }
 
         def send(delta: dict, finish: str | None = None):
             chunk = {**base, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}

@@ -33,8 +33,11 @@ def check_manifest(folder: Path) -> dict:
             problems.append(f"{entry['path']}: missing")
         elif file.stat().st_size != entry["bytes"] or sha256(file) != entry["sha256"]:
             problems.append(f"{entry['path']}: changed (SHA-256 or size differs from the manifest)")
-    extra = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*")
-                   if p.is_file() and p.name != MANIFEST and p.relative_to(folder).as_posix() not in listed)
+    extra = sorted(
+        p.relative_to(folder).as_posix()
+        for p in folder.rglob("*")
+        if p.is_file() and p.name != MANIFEST and p.relative_to(folder).as_posix() not in listed
+    )
     problems += [f"{name}: not in the manifest" for name in extra]
     if problems:
         raise InputError(f"{folder}: package does not match its manifest:\n  " + "\n  ".join(problems))
@@ -49,7 +52,9 @@ class Verification:
     foundry_finish_reason: str
 
 
-def foundry_local_chat(folder: Path, model_id: str, messages: list[dict], max_output_tokens: int) -> tuple[str, str, int]:
+def foundry_local_chat(
+    folder: Path, model_id: str, messages: list[dict], max_output_tokens: int
+) -> tuple[str, str, int]:
     """Register the folder in a throw-away Foundry Local cache, load it, answer one chat.
 
     Returns (text, finish reason, completion tokens).
@@ -69,9 +74,15 @@ def foundry_local_chat(folder: Path, model_id: str, messages: list[dict], max_ou
     )
 
     with tempfile.TemporaryDirectory(prefix="foundry-verify-") as home:
-        FoundryLocalManager.initialize(Configuration(
-            app_name="slmops_verify", app_data_dir=f"{home}/app", model_cache_dir=f"{home}/models",
-            logs_dir=f"{home}/logs", disable_nonessential_telemetry=True))
+        FoundryLocalManager.initialize(
+            Configuration(
+                app_name="slmops_verify",
+                app_data_dir=f"{home}/app",
+                model_cache_dir=f"{home}/models",
+                logs_dir=f"{home}/logs",
+                disable_nonessential_telemetry=True,
+            )
+        )
         manager = FoundryLocalManager.instance
         try:
             catalog = manager.get_catalog(CatalogType.LOCAL)
@@ -82,7 +93,9 @@ def foundry_local_chat(folder: Path, model_id: str, messages: list[dict], max_ou
             factories = {"system": MessageItem.system, "user": MessageItem.user, "assistant": MessageItem.assistant}
             texts = []
             with ChatSession(model) as session:
-                session.set_options(RequestOptions(search=SearchOptions(temperature=0.0, max_output_tokens=max_output_tokens)))
+                session.set_options(
+                    RequestOptions(search=SearchOptions(temperature=0.0, max_output_tokens=max_output_tokens))
+                )
                 request = Request()
                 for message in messages:
                     request.add_item(factories[message["role"]](message["content"]))
@@ -107,8 +120,8 @@ def verify(folder: str | Path, messages: list[dict], max_output_tokens: int) -> 
         raise RuntimeError(f"{folder}: onnxruntime-genai loaded the model but it ended its answer at once")
     text, finish, tokens = foundry_local_chat(folder, f"{name}:{manifest['version']}", messages, max_output_tokens)
     if finish == "ERROR" or tokens == 0:
-        raise RuntimeError(f"{folder}: Foundry Local loaded the model but generated {tokens} tokens "
-                           f"(finish reason {finish}, text {text!r})")
+        raise RuntimeError(
+            f"{folder}: Foundry Local loaded the model but generated {tokens} tokens "
+            f"(finish reason {finish}, text {text!r})"
+        )
     return Verification(len(manifest["files"]), genai.text, text, finish)
-
-

@@ -21,8 +21,15 @@ class Answer:
 
 
 @torch.inference_mode()
-def generate_answers(model, tokenizer, chats: list[list[dict]], settings: GenerationSettings, seed: int = 0,
-                     top_k_logprobs: int = 0, progress: str | None = None) -> list[Answer]:
+def generate_answers(
+    model,
+    tokenizer,
+    chats: list[list[dict]],
+    settings: GenerationSettings,
+    seed: int = 0,
+    top_k_logprobs: int = 0,
+    progress: str | None = None,
+) -> list[Answer]:
     """Answer each chat (system + user messages) through the tokenizer's chat template, settings.batch_size
     chats at a time (left-padded). With top_k_logprobs = k, each answer keeps its k most likely tokens and their
     log-probs at every position: arrays of shape (answer tokens, k). A progress bar when `progress` names it."""
@@ -33,7 +40,7 @@ def generate_answers(model, tokenizer, chats: list[list[dict]], settings: Genera
     for start in tqdm(batches, desc=progress, unit="batch", disable=progress is None):
         prompts = [
             tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=False)
-            for chat in chats[start:start + settings.batch_size]
+            for chat in chats[start : start + settings.batch_size]
         ]
         batch = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
         out = model.generate(
@@ -44,7 +51,7 @@ def generate_answers(model, tokenizer, chats: list[list[dict]], settings: Genera
             return_dict_in_generate=True,
             output_logits=top_k_logprobs > 0,
         )
-        new_tokens = out.sequences[:, batch["input_ids"].shape[1]:]
+        new_tokens = out.sequences[:, batch["input_ids"].shape[1] :]
         if top_k_logprobs:
             logprobs = torch.log_softmax(torch.stack(out.logits, dim=1).float(), dim=-1)
             top = logprobs.topk(top_k_logprobs, dim=-1)

@@ -33,10 +33,12 @@ def train_chat_tokenizer(texts: list[str], vocab_size: int) -> PreTrainedTokeniz
     in two or more tokens took it far longer.
     """
     bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Digits(individual_digits=True),
-        pre_tokenizers.ByteLevel(add_prefix_space=False),
-    ])
+    bpe.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Digits(individual_digits=True),
+            pre_tokenizers.ByteLevel(add_prefix_space=False),
+        ]
+    )
     bpe.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size - len(DIGIT_PAIRS),
@@ -119,7 +121,9 @@ def resolve_model(name_or_path: str, revision: str | None, key: str) -> tuple[Pa
     try:
         folder = snapshot_download(name_or_path, revision=revision)
     except Exception as err:  # network, auth, unknown repo or revision: all end the same way for the user
-        raise InputError(f"{key}: cannot fetch hub model '{name_or_path}' at revision {revision or 'main'}: {err}") from None
+        raise InputError(
+            f"{key}: cannot fetch hub model '{name_or_path}' at revision {revision or 'main'}: {err}"
+        ) from None
     return Path(folder), Path(folder).name
 
 

@@ -44,9 +44,21 @@ def tied_embeddings(model_dir: str | Path) -> bool:
 
 def run_builder(model_dir: Path, out_dir: Path, config: Quantize, cache_dir: Path) -> None:
     """`python -m onnxruntime_genai.models.builder` on a local Hugging Face folder, then int8 if asked."""
-    command = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(model_dir.resolve()),
-               "-o", str(out_dir.resolve()), "-p", config.build_precision, "-e", config.execution_provider,
-               "-c", str(cache_dir.resolve())]
+    command = [
+        sys.executable,
+        "-m",
+        "onnxruntime_genai.models.builder",
+        "-i",
+        str(model_dir.resolve()),
+        "-o",
+        str(out_dir.resolve()),
+        "-p",
+        config.build_precision,
+        "-e",
+        config.execution_provider,
+        "-c",
+        str(cache_dir.resolve()),
+    ]
     options = builder_options(config, tied_embeddings(model_dir))
     if options:
         command += ["--extra_options", *(f"{k}={v}" for k, v in options.items())]
@@ -61,8 +73,9 @@ def quantize_int8(folder: Path, config: Quantize) -> None:
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
     model = onnx.load(str(folder / "model.onnx"))
-    quantizer = MatMulNBitsQuantizer(model, bits=8, block_size=config.block_size,
-                                     is_symmetric=config.symmetric, accuracy_level=config.accuracy_level)
+    quantizer = MatMulNBitsQuantizer(
+        model, bits=8, block_size=config.block_size, is_symmetric=config.symmetric, accuracy_level=config.accuracy_level
+    )
     quantizer.process()
     for stale in folder.glob("model.onnx*"):
         stale.unlink()
@@ -78,23 +91,40 @@ def olive_workflow(model_dir: str, out_dir: str, cache_dir: str, config: Quantiz
     build = {"type": "ModelBuilder", "precision": config.build_precision}
     options = builder_options(config, tied_embeddings(model_dir))
     if options:
-        build |= {"int4_block_size": config.block_size, "int4_is_symmetric": config.symmetric,
-                  "int4_accuracy_level": config.accuracy_level}
+        build |= {
+            "int4_block_size": config.block_size,
+            "int4_is_symmetric": config.symmetric,
+            "int4_accuracy_level": config.accuracy_level,
+        }
         if config.embeddings:
-            build |= {"int4_op_types_to_quantize": ["MatMul", "Gather"], "int4_algo_config": "rtn",
-                      "extra_options": {k: v for k, v in options.items() if k == "shared_embeddings"}}
+            build |= {
+                "int4_op_types_to_quantize": ["MatMul", "Gather"],
+                "int4_algo_config": "rtn",
+                "extra_options": {k: v for k, v in options.items() if k == "shared_embeddings"},
+            }
     passes = {"build": build}
     if config.precision == "int8":
         # Olive 0.13's RTN pass renames the graph output `logits` of a quantized lm_head to `logits_Q8`,
         # which onnxruntime-genai cannot find; the LM head stays fp32 on this engine.
-        passes["int8"] = {"type": "OnnxBlockWiseRtnQuantization", "bits": 8, "block_size": config.block_size,
-                          "is_symmetric": config.symmetric, "accuracy_level": config.accuracy_level,
-                          "nodes_to_exclude": ["/lm_head/MatMul"]}
+        passes["int8"] = {
+            "type": "OnnxBlockWiseRtnQuantization",
+            "bits": 8,
+            "block_size": config.block_size,
+            "is_symmetric": config.symmetric,
+            "accuracy_level": config.accuracy_level,
+            "nodes_to_exclude": ["/lm_head/MatMul"],
+        }
     device = "cpu" if config.execution_provider == "cpu" else "gpu"
     return {
         "input_model": {"type": "HfModel", "model_path": model_dir},
-        "systems": {"local_system": {"type": "LocalSystem", "accelerators": [
-            {"device": device, "execution_providers": [OLIVE_PROVIDERS[config.execution_provider]]}]}},
+        "systems": {
+            "local_system": {
+                "type": "LocalSystem",
+                "accelerators": [
+                    {"device": device, "execution_providers": [OLIVE_PROVIDERS[config.execution_provider]]}
+                ],
+            }
+        },
         "passes": passes,
         "host": "local_system",
         "target": "local_system",
@@ -107,8 +137,12 @@ def olive_workflow(model_dir: str, out_dir: str, cache_dir: str, config: Quantiz
 def run_olive(workflow_file: Path, out_dir: Path) -> None:
     """`olive run` from an empty directory, with CI=1 (no telemetry wait without network)."""
     with tempfile.TemporaryDirectory(prefix="olive-run-") as neutral:
-        _run([sys.executable, "-m", "olive", "run", "--config", str(workflow_file.resolve())], "olive run", cwd=Path(neutral),
-             env={**os.environ, "CI": "1"})
+        _run(
+            [sys.executable, "-m", "olive", "run", "--config", str(workflow_file.resolve())],
+            "olive run",
+            cwd=Path(neutral),
+            env={**os.environ, "CI": "1"},
+        )
     # Olive can exit 0 without writing a model when a pass fails; a missing model is the failure.
     if not (out_dir / "model.onnx").is_file():
         raise RuntimeError(f"olive run exited 0 but wrote no model.onnx in {out_dir}; see the log above")

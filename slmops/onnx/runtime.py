@@ -45,15 +45,22 @@ class OnnxChatModel:
         prompt = self.tokenizer.apply_chat_template(json.dumps(messages), add_generation_prompt=True)
         return self.tokenizer.encode(prompt)
 
-    def stream(self, messages: list[dict], max_new_tokens: int, search_options: dict | None = None,
-               prompt: np.ndarray | None = None) -> Iterator[str]:
+    def stream(
+        self,
+        messages: list[dict],
+        max_new_tokens: int,
+        search_options: dict | None = None,
+        prompt: np.ndarray | None = None,
+    ) -> Iterator[str]:
         """The answer, one decoded piece per generated token, at most max_new_tokens (and within the context).
         Greedy unless `search_options` (GenerationSettings.genai_search_options()) say to sample; `prompt`: the
         chat's tokens when already encoded."""
         prompt = self.prompt_tokens(messages) if prompt is None else prompt
         params = og.GeneratorParams(self.model)
-        params.set_search_options(max_length=min(len(prompt) + max_new_tokens, self.context_length),
-                                  **(search_options or {"do_sample": False}))
+        params.set_search_options(
+            max_length=min(len(prompt) + max_new_tokens, self.context_length),
+            **(search_options or {"do_sample": False}),
+        )
         generator = og.Generator(self.model, params)
         generator.append_tokens(prompt)
         decoder = self.tokenizer.create_stream()

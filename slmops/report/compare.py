@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from slmops.core.errors import InputError
+from slmops.core.files import parse_json_object
 from slmops.core.metrics import COMPARED, Metric
 
 log = logging.getLogger(__name__)
@@ -77,8 +78,11 @@ def check_gates(rows: list[Row], gates: dict) -> list[GateResult]:
     for key, gate in gates.items():
         row = by_key[key]
         relative = "max_regression_pct" in gate
-        limit = (f"{gate['max_regression_pct']:g}% worse" if relative
-                 else f"{_signed(gate['max_regression'], row.metric).lstrip('+')} worse")
+        limit = (
+            f"{gate['max_regression_pct']:g}% worse"
+            if relative
+            else f"{_signed(gate['max_regression'], row.metric).lstrip('+')} worse"
+        )
         if row.head is None:
             results.append(GateResult(key, limit, "fail", "missing in head"))
             continue
@@ -139,12 +143,20 @@ def changed_params(base: dict, head: dict) -> list[tuple[str, object, object]]:
     return changes
 
 
-def render(base_rev: str, head_rev: str, rows: list[Row], params: list, gates: list[GateResult],
-           plots: dict[str, str]) -> str:
+def render(
+    base_rev: str, head_rev: str, rows: list[Row], params: list, gates: list[GateResult], plots: dict[str, str]
+) -> str:
     failed = [g for g in gates if g.status == "fail"]
     verdict = f"❌ {len(failed)} gate(s) failed" if failed else ("✅ all gates pass" if gates else "no gates set")
-    lines = [MARKER, f"## Model report: `{head_rev}` against `{base_rev}`", "", f"**{verdict}**", "",
-             "| metric | base | head | change | relative | |", "|---|---:|---:|---:|---:|---|"]
+    lines = [
+        MARKER,
+        f"## Model report: `{head_rev}` against `{base_rev}`",
+        "",
+        f"**{verdict}**",
+        "",
+        "| metric | base | head | change | relative | |",
+        "|---|---:|---:|---:|---:|---|",
+    ]
     for row in rows:
         fmt = row.metric.fmt
         base = "—" if row.base is None else fmt.format(row.base)
@@ -152,8 +164,12 @@ def render(base_rev: str, head_rev: str, rows: list[Row], params: list, gates: l
         change = "" if row.change is None else _signed(row.change, row.metric)
         relative = "" if row.relative is None else f"{row.relative:+.1%}"
         lines.append(f"| {row.metric.label} | {base} | {head} | {change} | {relative} | {_direction(row)} |")
-    lines += ["", "▲/▼: the value went up/down; ✅ better, ❌ worse for this metric (lower is better for size, "
-              "latency and memory).", ""]
+    lines += [
+        "",
+        "▲/▼: the value went up/down; ✅ better, ❌ worse for this metric (lower is better for size, "
+        "latency and memory).",
+        "",
+    ]
     if gates:
         lines += ["### Gates", "", "| metric | allowed | measured | result |", "|---|---|---|---|"]
         shown = {"fail": "❌ fail", "pass": "✅ pass", "new": "new"}
@@ -172,6 +188,7 @@ def render(base_rev: str, head_rev: str, rows: list[Row], params: list, gates: l
 
 # --- plots --------------------------------------------------------------------------------------------
 
+
 def plot_pngs(base: dict, head: dict, out_dir: Path) -> dict[str, str]:
     """accuracy_size.png and latency.png, base against head; {title: file name}. Missing data is skipped."""
     import matplotlib
@@ -184,16 +201,31 @@ def plot_pngs(base: dict, head: dict, out_dir: Path) -> dict[str, str]:
     colors = {variant: f"C{i}" for i, variant in enumerate(VARIANTS)}
     if base.get("accuracy_size") or head.get("accuracy_size"):
         fig, ax = plt.subplots(figsize=(6, 4))
-        for label, data, filled in (("base", base.get("accuracy_size"), False),
-                                    ("head", head.get("accuracy_size"), True)):
+        for label, data, filled in (
+            ("base", base.get("accuracy_size"), False),
+            ("head", head.get("accuracy_size"), True),
+        ):
             for point in data or []:
                 color = colors.get(point["variant"], "black")
-                ax.scatter(point["size_mb"], point["exact_match"], s=60, marker="o" if filled else "s",
-                           color=color if filled else "none", edgecolors=color, linewidths=1.5)
-                ax.annotate(f"{point['variant']} ({label})", (point["size_mb"], point["exact_match"]),
-                            textcoords="offset points", xytext=(6, 4 if filled else -10), fontsize=7)
-        ax.set(xlabel="size on disk (MB)", ylabel="exact match",
-               title="Accuracy against size (hollow: base, filled: head)")
+                ax.scatter(
+                    point["size_mb"],
+                    point["exact_match"],
+                    s=60,
+                    marker="o" if filled else "s",
+                    color=color if filled else "none",
+                    edgecolors=color,
+                    linewidths=1.5,
+                )
+                ax.annotate(
+                    f"{point['variant']} ({label})",
+                    (point["size_mb"], point["exact_match"]),
+                    textcoords="offset points",
+                    xytext=(6, 4 if filled else -10),
+                    fontsize=7,
+                )
+        ax.set(
+            xlabel="size on disk (MB)", ylabel="exact match", title="Accuracy against size (hollow: base, filled: head)"
+        )
         fig.tight_layout()
         fig.savefig(out_dir / "accuracy_size.png", dpi=100)
         plt.close(fig)
@@ -202,11 +234,19 @@ def plot_pngs(base: dict, head: dict, out_dir: Path) -> dict[str, str]:
         fig, ax = plt.subplots(figsize=(6, 4))
         for label, data, style in (("base", base.get("latency") or {}, "--"), ("head", head.get("latency") or {}, "-")):
             for variant, points in data.items():
-                ax.plot([p["quantile"] for p in points], [p["latency_ms"] for p in points], style,
-                        color=colors.get(variant, "black"), label=f"{variant} ({label})")
+                ax.plot(
+                    [p["quantile"] for p in points],
+                    [p["latency_ms"] for p in points],
+                    style,
+                    color=colors.get(variant, "black"),
+                    label=f"{variant} ({label})",
+                )
         ax.set_yscale("log")
-        ax.set(xlabel="quantile", ylabel="request latency (ms, log)",
-               title="Latency distribution (dashed: base, solid: head)")
+        ax.set(
+            xlabel="quantile",
+            ylabel="request latency (ms, log)",
+            title="Latency distribution (dashed: base, solid: head)",
+        )
         ax.legend(fontsize=7, ncol=2)
         fig.tight_layout()
         fig.savefig(out_dir / "latency.png", dpi=100)
@@ -217,6 +257,7 @@ def plot_pngs(base: dict, head: dict, out_dir: Path) -> dict[str, str]:
 
 # --- reading a revision from git ----------------------------------------------------------------------
 # scmrepo (installed with DVC) gives a read-only filesystem over a commit: no checkout, the working copy untouched.
+
 
 def read_revision(rev: str | None, repo: str | Path = ".") -> tuple[dict, dict, dict]:
     """(metrics, params, plot data) of the DVC project in folder `repo` at git revision `rev`, read from git
@@ -243,8 +284,9 @@ def read_revision(rev: str | None, repo: str | Path = ".") -> tuple[dict, dict, 
         try:
             fs = scm.get_fs(rev)
         except SCMError:
-            raise InputError(f"slmops report: unknown git revision {rev!r} (not a branch, tag or commit of "
-                             f"{scm.root_dir})") from None
+            raise InputError(
+                f"slmops report: unknown git revision {rev!r} (not a branch, tag or commit of {scm.root_dir})"
+            ) from None
         prefix = PurePosixPath(Path(repo).resolve().relative_to(Path(scm.root_dir).resolve()).as_posix())
         return _read_files(lambda path: _read_git(fs, str(prefix / path)), where)
     finally:
@@ -272,12 +314,15 @@ def _read_files(read, where: str) -> tuple[dict, dict, dict]:
     if text is None:  # a revision before params.yaml existed
         log.warning("slmops report: no %s at %s; every param shown as added", PARAMS_FILE, where)
     text = read(METRICS_FILE)
-    metrics = {} if text is None else _json_object(text, f"{METRICS_FILE} at {where}")
+    metrics = {} if text is None else parse_json_object(text, f"{METRICS_FILE} at {where}")
     if text is None:  # a revision before the first pipeline run
         log.warning("slmops report: no %s at %s; metrics shown as new", METRICS_FILE, where)
-    plots = {"accuracy_size": _plot(read, PLOTS["accuracy_size"], where),
-             "latency": {v: data for v in VARIANTS
-                         if (data := _plot(read, f"{PLOTS['latency']}/{v}.json", where)) is not None}}
+    plots = {
+        "accuracy_size": _plot(read, PLOTS["accuracy_size"], where),
+        "latency": {
+            v: data for v in VARIANTS if (data := _plot(read, f"{PLOTS['latency']}/{v}.json", where)) is not None
+        },
+    }
     return metrics, params, plots
 
 
@@ -293,16 +338,6 @@ def read_params_text(text: str, source: str) -> dict:
     if not isinstance(params, dict):
         raise InputError(f"{source}: expected a mapping of params at the top level, got {type(params).__name__}")
     return params
-
-
-def _json_object(text: str, source: str) -> dict:
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise InputError(f"{source}: not valid JSON: {err}") from None
-    if not isinstance(value, dict):
-        raise InputError(f"{source}: expected a JSON object, got {type(value).__name__}")
-    return value
 
 
 def _plot(read, path: str, where: str):

@@ -11,8 +11,11 @@ CLAIMS = (
     ("accuracy_kept", 0.92, "accuracy kept (shipped model / teacher exact match)"),
     ("latency_saved", 0.85, "less inference time (p50 request latency against the teacher)"),
     ("memory_saved", 0.95, "less memory (peak resident memory against the teacher)"),
-    ("size_saved_by_quantization", 0.75,
-     "smaller after quantization (ONNX weights against the fine-tuned fp32 weights)"),
+    (
+        "size_saved_by_quantization",
+        0.75,
+        "smaller after quantization (ONNX weights against the fine-tuned fp32 weights)",
+    ),
 )
 
 # The per-variant table: (header, key, format); `runtime` is text (what ran the variant), then the registry's columns.
@@ -31,14 +34,19 @@ def shown(value, fmt: str) -> str:
 
 
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
-    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
-            *("| " + " | ".join(row) + " |" for row in rows)]
+    return [
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+        *("| " + " | ".join(row) + " |" for row in rows),
+    ]
 
 
 def render_variants(variants: dict[str, dict]) -> list[str]:
     """The per-variant table: runtime, size, accuracy, latency, memory."""
-    return _table(["variant", *(c[0] for c in COLUMNS)],
-                  [[name, *(shown(v[key], fmt) for _, key, fmt in COLUMNS)] for name, v in variants.items()])
+    return _table(
+        ["variant", *(c[0] for c in COLUMNS)],
+        [[name, *(shown(v[key], fmt) for _, key, fmt in COLUMNS)] for name, v in variants.items()],
+    )
 
 
 def render(metrics: dict, quantize: dict, eval_count: int, revision: str) -> str:
@@ -58,13 +66,22 @@ def render(metrics: dict, quantize: dict, eval_count: int, revision: str) -> str
         "",
     ]
     fields = list(next(iter(variants.values()))["field_accuracy"])
-    lines += _table(["variant", *fields],
-                    [[name, *(f"{v['field_accuracy'][f]:.1%}" for f in fields)] for name, v in variants.items()])
+    lines += _table(
+        ["variant", *fields],
+        [[name, *(f"{v['field_accuracy'][f]:.1%}" for f in fields)] for name, v in variants.items()],
+    )
     lines += ["", "## Claims against this run", ""]
-    lines += _table(["claim", "measured", "met"],
-                    [[f"{claimed:.0%} {wording}", shown(metrics[key], BY_KEY[key].fmt),
-                      "n/a" if metrics[key] is None else "yes" if metrics[key] >= claimed else "no"]
-                     for key, claimed, wording in CLAIMS])
+    lines += _table(
+        ["claim", "measured", "met"],
+        [
+            [
+                f"{claimed:.0%} {wording}",
+                shown(metrics[key], BY_KEY[key].fmt),
+                "n/a" if metrics[key] is None else "yes" if metrics[key] >= claimed else "no",
+            ]
+            for key, claimed, wording in CLAIMS
+        ],
+    )
     lines += [
         "",
         f"The shipped model has {shown(metrics['parameter_ratio'], BY_KEY['parameter_ratio'].fmt)} of the teacher's "

@@ -39,7 +39,9 @@ def swap_stated_values(rows: list[dict], copies: int, seed: int) -> list[dict]:
                 if not _stated(value, message):
                     continue
                 new = fresh_digits(value, rng) if any(c.isdigit() for c in value) else rng.choice(pools[field])
-                message = re.sub(rf"\b{re.escape(value)}\b", lambda _, new=new: new, message)  # a function: no escapes in `new`
+                message = re.sub(
+                    rf"\b{re.escape(value)}\b", lambda _, new=new: new, message
+                )  # a function: no escapes in `new`
                 label[field] = new
             out.append({**row, "message": message, "label": label})
     return out

@@ -25,7 +25,12 @@ def bootstrap(task: Task, rows: list[dict], params: Bootstrap, seed: int, out_di
     stats = train(model, tokenizer, sft_examples(task, tokenizer, rows), params.train, seed, live_dir)
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
-    identity = {"backend": "bootstrap", "source": ".", "revision": None, "weights_sha256": hash_weights(out_dir),
-                "parameters": count_parameters(model)}
+    identity = {
+        "backend": "bootstrap",
+        "source": ".",
+        "revision": None,
+        "weights_sha256": hash_weights(out_dir),
+        "parameters": count_parameters(model),
+    }
     (out_dir / IDENTITY_FILE).write_text(json.dumps(identity, indent=2) + "\n")
     return {**identity, **stats}

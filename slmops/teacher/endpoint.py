@@ -51,13 +51,23 @@ class Endpoint:
     @classmethod
     def from_params(cls, teacher: Teacher) -> Endpoint:
         connection = teacher.openai
-        return cls(base_url=connection.base_url, model=teacher.model, api_version=connection.api_version,
-                   auth=connection.auth, api_key_env=connection.api_key_env)
+        return cls(
+            base_url=connection.base_url,
+            model=teacher.model,
+            api_version=connection.api_version,
+            auth=connection.auth,
+            api_key_env=connection.api_key_env,
+        )
 
     def identity(self) -> dict:
         """Who answers, as recorded in teacher.json and the cache key; never a credential."""
-        return {"backend": "openai", "base_url": public_url(self.base_url), "model": self.model,
-                "api_version": self.api_version, "served_model": self.served_model}
+        return {
+            "backend": "openai",
+            "base_url": public_url(self.base_url),
+            "model": self.model,
+            "api_version": self.api_version,
+            "served_model": self.served_model,
+        }
 
     def _credential(self):
         if self.auth == "none":
@@ -68,8 +78,10 @@ class Endpoint:
             return get_bearer_token_provider(DefaultAzureCredential(), ENTRA_SCOPE)
         key = os.environ.get(self.api_key_env)
         if not key:
-            raise InputError(f"teacher.openai.api_key_env: environment variable {self.api_key_env} is not set "
-                             "(it must hold the endpoint's key; or set teacher.openai.auth: entra_id or none)")
+            raise InputError(
+                f"teacher.openai.api_key_env: environment variable {self.api_key_env} is not set "
+                "(it must hold the endpoint's key; or set teacher.openai.auth: entra_id or none)"
+            )
         return key
 
     def client(self, timeout_s: float, max_retries: int, on_request=None) -> openai.AsyncOpenAI:
@@ -110,8 +122,10 @@ class ResponseCache:
     def get_many(self, keys: list[str]) -> dict[str, dict]:
         found = {}
         for start in range(0, len(keys), 500):  # SQLite caps the number of bound parameters
-            chunk = keys[start:start + 500]
-            rows = self._db.execute(f"SELECT key, reply FROM responses WHERE key IN ({','.join('?' * len(chunk))})", chunk)
+            chunk = keys[start : start + 500]
+            rows = self._db.execute(
+                f"SELECT key, reply FROM responses WHERE key IN ({','.join('?' * len(chunk))})", chunk
+            )
             found.update((key, json.loads(reply)) for key, reply in rows)
         return found
 
@@ -125,21 +139,26 @@ class ResponseCache:
 def cache_key(identity: dict, body: dict, messages: list[dict]) -> str:
     """SHA-256 of who answers, the request's generation fields and the messages."""
     # The generation fields under the names earlier releases hashed, so that existing caches keep hitting.
-    settings = {"max_tokens": body["max_tokens"], "temperature": body["temperature"], "top_p": body["top_p"],
-                "seed": body.get("seed"), "response_format": (body.get("response_format") or {}).get("type")}
+    settings = {
+        "max_tokens": body["max_tokens"],
+        "temperature": body["temperature"],
+        "top_p": body["top_p"],
+        "seed": body.get("seed"),
+        "response_format": (body.get("response_format") or {}).get("type"),
+    }
     payload = json.dumps({"endpoint": identity, "settings": settings, "messages": messages}, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
 @dataclass
 class Usage:
-    requests: int = 0          # chat completions answered by the endpoint in this run
-    failed: int = 0            # requests given up after their retries
-    attempts: int = 0          # HTTP requests sent, retries included
+    requests: int = 0  # chat completions answered by the endpoint in this run
+    failed: int = 0  # requests given up after their retries
+    attempts: int = 0  # HTTP requests sent, retries included
     cache_hits: int = 0
-    prompt_tokens: int = 0     # of this run's requests: what this run paid for
+    prompt_tokens: int = 0  # of this run's requests: what this run paid for
     completion_tokens: int = 0
-    dataset_prompt_tokens: int = 0      # of every answer used, cached or not: what the dataset costs from scratch
+    dataset_prompt_tokens: int = 0  # of every answer used, cached or not: what the dataset costs from scratch
     dataset_completion_tokens: int = 0
     failure_reasons: Counter = field(default_factory=Counter)
 
@@ -160,13 +179,20 @@ class Usage:
 
     def summary(self, prices: dict) -> dict:
         """Counts, tokens and the estimated cost (USD, from per-million-token prices) of this run and of the dataset."""
+
         def cost(prompt: int, completion: int) -> float:
-            return round((prompt * prices["prompt_per_million"] + completion * prices["completion_per_million"]) / 1e6, 6)
+            return round(
+                (prompt * prices["prompt_per_million"] + completion * prices["completion_per_million"]) / 1e6, 6
+            )
 
         figures = {k: v for k, v in asdict(self).items() if k != "failure_reasons"}
-        return {**figures, "retries": self.retries, "failure_reasons": dict(self.failure_reasons.most_common()),
-                "cost_usd": cost(self.prompt_tokens, self.completion_tokens),
-                "dataset_cost_usd": cost(self.dataset_prompt_tokens, self.dataset_completion_tokens)}
+        return {
+            **figures,
+            "retries": self.retries,
+            "failure_reasons": dict(self.failure_reasons.most_common()),
+            "cost_usd": cost(self.prompt_tokens, self.completion_tokens),
+            "dataset_cost_usd": cost(self.dataset_prompt_tokens, self.dataset_completion_tokens),
+        }
 
 
 class BadResponse(Exception):
@@ -180,9 +206,13 @@ def parse_reply(body: str) -> dict:
         choice = completion["choices"][0]
         content = choice["message"]["content"]
         usage = completion.get("usage") or {}
-        reply = {"content": content, "finish_reason": choice.get("finish_reason"), "model": completion.get("model"),
-                 "prompt_tokens": int(usage.get("prompt_tokens") or 0),
-                 "completion_tokens": int(usage.get("completion_tokens") or 0)}
+        reply = {
+            "content": content,
+            "finish_reason": choice.get("finish_reason"),
+            "model": completion.get("model"),
+            "prompt_tokens": int(usage.get("prompt_tokens") or 0),
+            "completion_tokens": int(usage.get("completion_tokens") or 0),
+        }
     except (ValueError, KeyError, IndexError, TypeError, AttributeError) as err:  # JSONDecodeError is a ValueError
         raise BadResponse(f"malformed response body ({type(err).__name__})") from None
     if not isinstance(content, str):
@@ -220,7 +250,7 @@ def describe_failure(err: Exception, timeout_s: float) -> str:
 
 def _backoff(attempt: int) -> float:
     """The openai client's own schedule (0.5 s doubling up to 8 s, minus up to 25% jitter)."""
-    return min(0.5 * 2 ** attempt, 8.0) * (1 - 0.25 * random.random())
+    return min(0.5 * 2**attempt, 8.0) * (1 - 0.25 * random.random())
 
 
 async def complete(client, model: str, body: dict, messages: list[dict], max_retries: int) -> dict:
@@ -229,8 +259,7 @@ async def complete(client, model: str, body: dict, messages: list[dict], max_ret
     for attempt in range(max_retries + 1):
         # client.post (the client's documented way to raw requests) skips the typed-params transform and model
         # parsing of chat.completions.create, a third of the client's CPU per request; retries are the same.
-        text = await client.post("/chat/completions", cast_to=str,
-                                 body={"model": model, "messages": messages, **body})
+        text = await client.post("/chat/completions", cast_to=str, body={"model": model, "messages": messages, **body})
         try:
             return parse_reply(text)
         except BadResponse:
@@ -240,8 +269,14 @@ async def complete(client, model: str, body: dict, messages: list[dict], max_ret
     raise AssertionError("unreachable")
 
 
-def complete_all(endpoint: Endpoint, body: dict, chats: list[list[dict]], requests: Requests,
-                 usage: Usage, desc: str = "teacher answering") -> tuple[list[dict | None], list[str | None]]:
+def complete_all(
+    endpoint: Endpoint,
+    body: dict,
+    chats: list[list[dict]],
+    requests: Requests,
+    usage: Usage,
+    desc: str = "teacher answering",
+) -> tuple[list[dict | None], list[str | None]]:
     """(replies, failure reasons), both in the order of `chats`. Cached answers are not requested again;
     each new answer is cached as soon as it arrives."""
     cache = ResponseCache(requests.cache)
@@ -294,19 +329,27 @@ def check_success_ratio(failures: list[str | None], min_ratio: float, cache_path
     if not failures or 1 - len(failed) / len(failures) >= min_ratio:
         return
     reasons = ", ".join(f"{count} x {reason}" for reason, count in Counter(failed).most_common())
-    raise InputError(f"{len(failed)} of {len(failures)} teacher requests failed ({reasons}); "
-                     f"synthesize.requests.min_success_ratio is {min_ratio}. The {len(failures) - len(failed)} answers "
-                     f"received are cached in {cache_path}: a rerun sends only the failed requests")
+    raise InputError(
+        f"{len(failed)} of {len(failures)} teacher requests failed ({reasons}); "
+        f"synthesize.requests.min_success_ratio is {min_ratio}. The {len(failures) - len(failed)} answers "
+        f"received are cached in {cache_path}: a rerun sends only the failed requests"
+    )
 
 
 def probe(endpoint: Endpoint, requests: Requests) -> dict:
     """Ask the endpoint which model answers (one uncached one-token completion): served_model changes
     when the provider swaps the model behind a name."""
+
     async def ask() -> dict:
         client = endpoint.client(requests.timeout_s, requests.max_retries)
         try:
-            reply = await complete(client, endpoint.model, GenerationSettings.greedy(1).openai_kwargs(seed=0),
-                                   [{"role": "user", "content": "Say OK."}], requests.max_retries)
+            reply = await complete(
+                client,
+                endpoint.model,
+                GenerationSettings.greedy(1).openai_kwargs(seed=0),
+                [{"role": "user", "content": "Say OK."}],
+                requests.max_retries,
+            )
         finally:
             await client.close()
         return reply
@@ -314,13 +357,16 @@ def probe(endpoint: Endpoint, requests: Requests) -> dict:
     try:
         reply = asyncio.run(ask())
     except (openai.OpenAIError, BadResponse) as err:
-        raise InputError(f"teacher endpoint {public_url(endpoint.base_url)} (model {endpoint.model}) did not answer: "
-                         f"{describe_failure(err, requests.timeout_s)}") from None
+        raise InputError(
+            f"teacher endpoint {public_url(endpoint.base_url)} (model {endpoint.model}) did not answer: "
+            f"{describe_failure(err, requests.timeout_s)}"
+        ) from None
     return {"served_model": reply["model"]}
 
 
 def time_requests(endpoint: Endpoint, body: dict, chats: list[list[dict]], requests: Requests) -> list[float]:
     """Seconds per request, sent one at a time and never from the cache: what a caller of the endpoint waits."""
+
     async def timed() -> list[float]:
         client = endpoint.client(requests.timeout_s, requests.max_retries)
         seconds = []
@@ -336,5 +382,6 @@ def time_requests(endpoint: Endpoint, body: dict, chats: list[list[dict]], reque
     try:
         return asyncio.run(timed())
     except (openai.OpenAIError, BadResponse) as err:
-        raise InputError(f"timing teacher endpoint {public_url(endpoint.base_url)}: "
-                         f"{describe_failure(err, requests.timeout_s)}") from None
+        raise InputError(
+            f"timing teacher endpoint {public_url(endpoint.base_url)}: {describe_failure(err, requests.timeout_s)}"
+        ) from None

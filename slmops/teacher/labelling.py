@@ -10,9 +10,9 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from slmops.core.config import GenerationSettings, Generate, Params
-from slmops.core.files import write_json, write_jsonl
+from slmops.core.config import Generate, GenerationSettings, Params
 from slmops.core.errors import InputError
+from slmops.core.files import write_json, write_jsonl
 from slmops.core.task import Task, check_answer
 from slmops.models.generate import Answer, generate_answers
 from slmops.models.hf import tokenizer_fingerprint
@@ -23,8 +23,13 @@ from slmops.train.logprobs import write_store
 
 
 def _stats(prompts: list[dict], accepted: list[dict], rejected: list[dict], start: float) -> dict:
-    return {"prompts": len(prompts), "accepted": len(accepted), "rejected": len(rejected),
-            "reject_rate": len(rejected) / len(prompts), "timing": {"wall_seconds": round(time.perf_counter() - start, 2)}}
+    return {
+        "prompts": len(prompts),
+        "accepted": len(accepted),
+        "rejected": len(rejected),
+        "reject_rate": len(rejected) / len(prompts),
+        "timing": {"wall_seconds": round(time.perf_counter() - start, 2)},
+    }
 
 
 def _sort(prompt: dict, text: str | None, label: dict | None, reason: str | None, accepted: list, rejected: list):
@@ -54,8 +59,15 @@ class LocalTeacher:
     def label(self, task: Task, prompts: list[dict], settings: GenerationSettings) -> tuple[list, list, dict]:
         """(accepted, rejected, stats). Rejected rows carry the reason; an answer cut at max_new_tokens is one."""
         start = time.perf_counter()
-        answers = generate_answers(self.model, self.tokenizer, [task.messages(p["message"]) for p in prompts],
-                                   settings, self.seed, top_k_logprobs=self.top_k, progress="teacher answering")
+        answers = generate_answers(
+            self.model,
+            self.tokenizer,
+            [task.messages(p["message"]) for p in prompts],
+            settings,
+            self.seed,
+            top_k_logprobs=self.top_k,
+            progress="teacher answering",
+        )
         accepted, rejected = [], []
         for prompt, answer in zip(prompts, answers, strict=True):
             label, reason = check_answer(task, answer.text)
@@ -64,8 +76,11 @@ class LocalTeacher:
             _sort(prompt, answer.text, label, reason, accepted, rejected)
             if label is not None:
                 self.kept.append(answer)
-        return accepted, rejected, {**_stats(prompts, accepted, rejected, start),
-                                    "answer_tokens": sum(len(a.token_ids) for a in answers)}
+        return (
+            accepted,
+            rejected,
+            {**_stats(prompts, accepted, rejected, start), "answer_tokens": sum(len(a.token_ids) for a in answers)},
+        )
 
     def save(self, out: Path, accepted: list[dict], rejected: list[dict]) -> None:
         write_synthetic(out, accepted, rejected, self.kept, self.tokenizer, self.top_k, self.identity)
@@ -76,8 +91,10 @@ class EndpointTeacher:
 
     def __init__(self, params: Params):
         if params.synthesize.logprobs_top_k:
-            raise InputError("synthesize.logprobs_top_k: an endpoint's log-probs are over its own tokens, which a "
-                             "student cannot match; set it to 0 with teacher.backend openai (and distill.kd.alpha: 1)")
+            raise InputError(
+                "synthesize.logprobs_top_k: an endpoint's log-probs are over its own tokens, which a "
+                "student cannot match; set it to 0 with teacher.backend openai (and distill.kd.alpha: 1)"
+            )
         self.endpoint: Endpoint = served_endpoint(params.teacher)
         self.requests, self.seed = params.synthesize.requests, params.seed
         self.response_format, self.prices = params.teacher.openai.response_format, params.teacher.openai.prices
@@ -108,8 +125,11 @@ class EndpointTeacher:
             if reply["finish_reason"] == "length":
                 label, reason = None, f"cut at {body['max_tokens']} tokens (finish_reason length)"
             _sort(prompt, text, label, reason, accepted, rejected)
-        return accepted, rejected, {**_stats(prompts, accepted, rejected, start),
-                                    "usage": self.usage.summary(self.prices.model_dump())}
+        return (
+            accepted,
+            rejected,
+            {**_stats(prompts, accepted, rejected, start), "usage": self.usage.summary(self.prices.model_dump())},
+        )
 
     def save(self, out: Path, accepted: list[dict], rejected: list[dict]) -> None:
         write_synthetic(out, accepted, rejected, [], None, 0, self.endpoint.identity())
@@ -122,12 +142,14 @@ def teacher_for(params: Params, folder: str | Path = "models/teacher") -> LocalT
     return LocalTeacher.load(folder, params.seed, params.synthesize.logprobs_top_k)
 
 
-def write_synthetic(out: Path, accepted: list[dict], rejected: list[dict], answers, tokenizer, top_k: int,
-                    teacher: dict) -> None:
+def write_synthetic(
+    out: Path, accepted: list[dict], rejected: list[dict], answers, tokenizer, top_k: int, teacher: dict
+) -> None:
     """accepted.jsonl, rejected.jsonl, meta.json and, with top_k > 0, the log-prob store (slmops.train.logprobs)."""
     if top_k and accepted:
-        offsets = write_store(out, [a.token_ids for a in answers], [a.topk_ids for a in answers],
-                              [a.topk_logprobs for a in answers])
+        offsets = write_store(
+            out, [a.token_ids for a in answers], [a.topk_ids for a in answers], [a.topk_logprobs for a in answers]
+        )
         for row, answer, offset in zip(accepted, answers, offsets, strict=True):
             row["token_offset"], row["token_count"] = offset, len(answer.token_ids)
     write_jsonl(out / "accepted.jsonl", accepted)
@@ -144,17 +166,29 @@ def write_new_prompts(answer_all, generate: Generate, seed_messages: list[str], 
     written = [prompt for text in answer_all(chats) if text for prompt in parse_written(text)]
     kept, dropped = drop_near_duplicates(written, existing, generate.max_similarity)
     rows = [{"id": f"written-{i:05d}", "message": message} for i, message in enumerate(kept)]
-    return rows, {"requests": len(chats), "written": len(written), "near_duplicates_dropped": dropped, "kept": len(kept)}
+    return rows, {
+        "requests": len(chats),
+        "written": len(written),
+        "near_duplicates_dropped": dropped,
+        "kept": len(kept),
+    }
 
 
-def with_written_prompts(teacher: LocalTeacher | EndpointTeacher, params: Params, seeds: list[str],
-                         prompts: list[dict]) -> tuple[list[dict], list[dict], dict]:
+def with_written_prompts(
+    teacher: LocalTeacher | EndpointTeacher, params: Params, seeds: list[str], prompts: list[dict]
+) -> tuple[list[dict], list[dict], dict]:
     """(prompts to label, prompts the teacher wrote, stats): the same prompts when synthesize.mode is label."""
     if params.synthesize.mode == "label":
         return prompts, [], {}
     generate = params.synthesize.generate
-    settings = GenerationSettings.at_temperature(generate.max_tokens, generate.temperature,
-                                                 params.synthesize.generation.batch_size)
-    written, stats = write_new_prompts(lambda chats: teacher.answer(chats, settings, "teacher writing prompts"),
-                                       generate, seeds, seeds + [p["message"] for p in prompts], params.seed)
+    settings = GenerationSettings.at_temperature(
+        generate.max_tokens, generate.temperature, params.synthesize.generation.batch_size
+    )
+    written, stats = write_new_prompts(
+        lambda chats: teacher.answer(chats, settings, "teacher writing prompts"),
+        generate,
+        seeds,
+        seeds + [p["message"] for p in prompts],
+        params.seed,
+    )
     return prompts + written, written, {"generate": stats}

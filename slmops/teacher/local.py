@@ -20,8 +20,12 @@ IDENTITY_FILE = "teacher.json"
 def pin_hf(model: str, revision: str | None, out_dir: Path) -> dict:
     """Record name, revision and weights hash of an existing model; keep a copy of its tokenizer."""
     folder, commit = resolve_model(model, revision, "teacher.model")
-    identity = {"backend": "hf", "source": model if commit else str(folder.resolve()), "revision": commit or revision,
-                "weights_sha256": hash_weights(folder)}
+    identity = {
+        "backend": "hf",
+        "source": model if commit else str(folder.resolve()),
+        "revision": commit or revision,
+        "weights_sha256": hash_weights(folder),
+    }
     AutoTokenizer.from_pretrained(folder).save_pretrained(out_dir)
     (out_dir / IDENTITY_FILE).write_text(json.dumps(identity, indent=2) + "\n")
     return identity

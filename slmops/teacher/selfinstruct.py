@@ -13,7 +13,9 @@ WRITE_INSTRUCTION = (
 )
 
 
-def writing_chats(seed_messages: list[str], requests: int, per_request: int, examples: int, seed: int) -> list[list[dict]]:
+def writing_chats(
+    seed_messages: list[str], requests: int, per_request: int, examples: int, seed: int
+) -> list[list[dict]]:
     """One chat per request, each showing `examples` seed messages drawn with a seeded generator (so a rerun
     asks the very same questions and hits the cache)."""
     rng = random.Random(seed)
@@ -40,7 +42,7 @@ def parse_written(content: str) -> list[str]:
 
 def _shingles(text: str, n: int = 4) -> frozenset[str]:
     normal = " ".join(re.findall(r"[a-z0-9]+", text.lower()))
-    return frozenset(normal[i:i + n] for i in range(max(1, len(normal) - n + 1)))
+    return frozenset(normal[i : i + n] for i in range(max(1, len(normal) - n + 1)))
 
 
 def drop_near_duplicates(candidates: list[str], existing: list[str], max_similarity: float) -> tuple[list[str], int]:
@@ -54,8 +56,11 @@ def drop_near_duplicates(candidates: list[str], existing: list[str], max_similar
     for text in candidates:
         shingles = _shingles(text)
         # Jaccard can't exceed the ratio of the set sizes: skip those comparisons.
-        if any(min(len(shingles), len(other)) > max_similarity * max(len(shingles), len(other))
-               and len(shingles & other) / len(shingles | other) > max_similarity for other in seen):
+        if any(
+            min(len(shingles), len(other)) > max_similarity * max(len(shingles), len(other))
+            and len(shingles & other) / len(shingles | other) > max_similarity
+            for other in seen
+        ):
             continue
         seen.append(shingles)
         kept.append(text)

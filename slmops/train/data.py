@@ -24,7 +24,7 @@ def encode_chat(tokenizer, messages: list[dict], answer_ids: list[int] | None = 
         full = tokenizer.apply_chat_template(messages, tokenize=False)
         if not full.startswith(prompt):
             raise InputError("the tokenizer's chat template renders the prompt differently with and without the answer")
-        answer_ids = tokenizer(full[len(prompt):], add_special_tokens=False)["input_ids"]
+        answer_ids = tokenizer(full[len(prompt) :], add_special_tokens=False)["input_ids"]
     return {"input_ids": prompt_ids + list(answer_ids), "labels": [IGNORE] * len(prompt_ids) + list(answer_ids)}
 
 
@@ -68,7 +68,6 @@ class Collator:
                 out["kd_ids"][row, :n] = torch.from_numpy(ex["kd_ids"])
                 out["kd_logprobs"][row, :n] = torch.from_numpy(ex["kd_logprobs"])
         return out
-
 
 
 def sft_examples(task: Task, tokenizer, rows: list[dict]) -> list[dict]:

@@ -13,7 +13,9 @@ from pathlib import Path
 import numpy as np
 
 
-def write_store(folder: Path, token_ids: list[list[int]], topk_ids: list[np.ndarray], topk_logprobs: list[np.ndarray]) -> list[int]:
+def write_store(
+    folder: Path, token_ids: list[list[int]], topk_ids: list[np.ndarray], topk_logprobs: list[np.ndarray]
+) -> list[int]:
     """Write the arrays; returns each record's offset."""
     offsets = np.cumsum([0] + [len(t) for t in token_ids[:-1]]).tolist()
     np.save(folder / "tokens.npy", np.concatenate([np.asarray(t, dtype=np.int32) for t in token_ids]))
@@ -34,4 +36,8 @@ class LogProbReader:
     def record(self, offset: int, count: int) -> tuple[list[int], np.ndarray, np.ndarray]:
         """(answer token ids, top-k ids (count, k) int32, top-k log-probs (count, k) float32) of one record."""
         rows = slice(offset, offset + count)
-        return self.tokens[rows].tolist(), np.asarray(self.topk_ids[rows]), np.asarray(self.topk_logprobs[rows], dtype=np.float32)
+        return (
+            self.tokens[rows].tolist(),
+            np.asarray(self.topk_ids[rows]),
+            np.asarray(self.topk_logprobs[rows], dtype=np.float32),
+        )

@@ -18,8 +18,10 @@ def check_method_runs_here(method: str) -> None:
     if method != "qlora":
         return
     if not torch.cuda.is_available():
-        raise InputError("finetune.method: qlora needs a CUDA GPU and bitsandbytes, and this machine has no CUDA device; "
-                         "use finetune.method: lora on a CPU")
+        raise InputError(
+            "finetune.method: qlora needs a CUDA GPU and bitsandbytes, and this machine has no CUDA device; "
+            "use finetune.method: lora on a CPU"
+        )
     if importlib.util.find_spec("bitsandbytes") is None:
         raise InputError("finetune.method: qlora needs the bitsandbytes package (pip install 'slmops[qlora]')")
 
@@ -29,8 +31,12 @@ def load_base(folder: Path, method: str):
         return AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
     from transformers import BitsAndBytesConfig
 
-    quantization = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                                      bnb_4bit_compute_dtype=torch.bfloat16)
+    quantization = BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=torch.bfloat16,
+    )
     base = AutoModelForCausalLM.from_pretrained(folder, quantization_config=quantization, device_map={"": 0})
     return prepare_model_for_kbit_training(base)
 
@@ -40,10 +46,17 @@ def with_adapter(base, lora: Lora):
     present = {name.rsplit(".", 1)[-1] for name, _ in base.named_modules()}
     missing = [m for m in lora.target_modules if m not in present]
     if missing:
-        raise InputError(f"finetune.lora.target_modules: {', '.join(missing)} not in the model "
-                         f"(its linear layers include: {', '.join(sorted(n for n in present if n.endswith('proj')))})")
-    config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                        target_modules=list(lora.target_modules), task_type="CAUSAL_LM")
+        raise InputError(
+            f"finetune.lora.target_modules: {', '.join(missing)} not in the model "
+            f"(its linear layers include: {', '.join(sorted(n for n in present if n.endswith('proj')))})"
+        )
+    config = LoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=list(lora.target_modules),
+        task_type="CAUSAL_LM",
+    )
     return get_peft_model(base, config)
 
 

@@ -31,7 +31,8 @@ def reverse_kl(student, teacher):
 
 
 def jsd(student, teacher, beta: float = 0.5):
-    """Generalised Jensen-Shannon divergence, 0 < beta < 1: beta*KL(t||m) + (1-beta)*KL(s||m), m = beta*t + (1-beta)*s."""
+    """Generalised Jensen-Shannon divergence, 0 < beta < 1:
+    beta*KL(t||m) + (1-beta)*KL(s||m), m = beta*t + (1-beta)*s."""
     log_m = torch.logsumexp(torch.stack([teacher + math.log(beta), student + math.log1p(-beta)]), dim=0)
     kl_teacher = (teacher.exp() * (teacher - log_m)).sum(-1)
     kl_student = (student.exp() * (student - log_m)).sum(-1)

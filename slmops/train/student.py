@@ -15,8 +15,8 @@ from slmops.models.hf import build_llama, load_model_and_tokenizer, resolve_mode
 from slmops.train.data import attach_teacher_logprobs, encode_chat
 from slmops.train.logprobs import LogProbReader
 
-
 log = logging.getLogger(__name__)
+
 
 def make_student(student: Student, teacher_dir: str | Path, seed: int):
     """(model, tokenizer): an existing model from `student.model`, or a new Llama from `student.config`
@@ -26,9 +26,11 @@ def make_student(student: Student, teacher_dir: str | Path, seed: int):
         model, tokenizer = load_model_and_tokenizer(folder)
         return model.train(), tokenizer
     if not (Path(teacher_dir) / "tokenizer_config.json").is_file():
-        raise InputError(f"student.config builds a student on the teacher's tokenizer, but {teacher_dir} has none "
-                         "(an endpoint teacher, teacher.backend openai, has no local tokenizer); set student.model "
-                         "to a model folder or hub id, e.g. Qwen/Qwen2.5-0.5B-Instruct")
+        raise InputError(
+            f"student.config builds a student on the teacher's tokenizer, but {teacher_dir} has none "
+            "(an endpoint teacher, teacher.backend openai, has no local tokenizer); set student.model "
+            "to a model folder or hub id, e.g. Qwen/Qwen2.5-0.5B-Instruct"
+        )
     teacher_tokenizer = AutoTokenizer.from_pretrained(teacher_dir)
     torch.manual_seed(seed)
     return build_llama(student.config, teacher_tokenizer), teacher_tokenizer
@@ -40,15 +42,22 @@ def use_logit_kd(kd: KD, meta: dict, student_tokenizer) -> bool:
     if kd.alpha >= 1.0:
         return False
     if not meta["logprobs_top_k"]:
-        raise InputError("distill.kd.alpha < 1 needs teacher log-probs, but synthesize.logprobs_top_k is 0; "
-                         "set logprobs_top_k > 0 or distill.kd.alpha: 1")
+        raise InputError(
+            "distill.kd.alpha < 1 needs teacher log-probs, but synthesize.logprobs_top_k is 0; "
+            "set logprobs_top_k > 0 or distill.kd.alpha: 1"
+        )
     if tokenizer_fingerprint(student_tokenizer) != meta["tokenizer_sha256"]:
         if kd.on_tokenizer_mismatch == "ce_only":
-            log.warning("student and teacher tokenizers differ; training on cross-entropy only "
-                        "(distill.kd.on_tokenizer_mismatch: ce_only)")
+            log.warning(
+                "student and teacher tokenizers differ; training on cross-entropy only "
+                "(distill.kd.on_tokenizer_mismatch: ce_only)"
+            )
             return False
-        raise InputError("distill.kd: student and teacher tokenizers differ, so the teacher's log-probs cannot be matched "
-                         "token by token; use a student with the teacher's tokenizer, or set distill.kd.on_tokenizer_mismatch: ce_only")
+        raise InputError(
+            "distill.kd: student and teacher tokenizers differ, so the teacher's log-probs cannot be matched "
+            "token by token; use a student with the teacher's tokenizer, or set "
+            "distill.kd.on_tokenizer_mismatch: ce_only"
+        )
     return True
 
 

@@ -37,8 +37,12 @@ class DistillationTrainer(Trainer):
         if self.kd is not None and kd_ids is not None and self.kd.alpha < 1.0:
             answer = labels != IGNORE
             kd = losses.kd_loss(
-                self.kd.loss, logits[answer], kd_ids[:, 1:][answer], kd_logprobs[:, 1:][answer],
-                self.kd.temperature, self.kd.beta,
+                self.kd.loss,
+                logits[answer],
+                kd_ids[:, 1:][answer],
+                kd_logprobs[:, 1:][answer],
+                self.kd.temperature,
+                self.kd.beta,
             )
             loss = self.kd.alpha * loss + (1.0 - self.kd.alpha) * self.kd.temperature**2 * kd
         return (loss, outputs) if return_outputs else loss
@@ -47,8 +51,9 @@ class DistillationTrainer(Trainer):
 LOGGING_STEPS = 10
 
 
-def train(model, tokenizer, examples: list[dict], config: Train, seed: int, live_dir: str | Path,
-          kd: KD | None = None) -> dict:
+def train(
+    model, tokenizer, examples: list[dict], config: Train, seed: int, live_dir: str | Path, kd: KD | None = None
+) -> dict:
     """Train `model` in place on encoded examples (slmops.train.data); returns {train_loss, steps}.
 
     Loss curves go to `live_dir` through dvclive, written in full at the end, so a killed run leaves the previous

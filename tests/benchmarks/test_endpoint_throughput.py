@@ -22,8 +22,12 @@ CACHED_PROMPTS = 3000
 
 @pytest.fixture(scope="module")
 def endpoint():
-    server = subprocess.Popen([sys.executable, str(ROOT / "tests/fake_endpoint.py"), str(LATENCY_S)],
-                              cwd=ROOT / "tests", stdout=subprocess.PIPE, text=True)
+    server = subprocess.Popen(
+        [sys.executable, str(ROOT / "tests/fake_endpoint.py"), str(LATENCY_S)],
+        cwd=ROOT / "tests",
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     yield Endpoint(base_url=server.stdout.readline().strip(), model="fake", auth="none")
     server.terminate()
     server.wait(timeout=10)
@@ -40,7 +44,13 @@ def test_throughput_by_concurrency(benchmark, endpoint, tmp_path, concurrency):
     def fresh():  # every round sends new prompts to an empty cache: nothing is served from the cache
         n = next(rounds)
         requests = Requests(concurrency=concurrency, cache=str(tmp_path / f"cache-{n}.sqlite"))
-        return (endpoint, Settings(max_tokens=8), chats(REQUESTS[concurrency], f"c{concurrency}-r{n}"), requests, Usage()), {}
+        return (
+            endpoint,
+            Settings(max_tokens=8),
+            chats(REQUESTS[concurrency], f"c{concurrency}-r{n}"),
+            requests,
+            Usage(),
+        ), {}
 
     def send(endpoint, settings, prompts, requests, usage):
         replies, failures = complete_all(endpoint, settings, prompts, requests, usage)
@@ -53,8 +63,10 @@ def test_throughput_by_concurrency(benchmark, endpoint, tmp_path, concurrency):
     if concurrency == 16 and 1 in RATES:
         ratio = RATES[16] / RATES[1]
         benchmark.extra_info["speedup_over_concurrency_1"] = ratio
-        print(f"\nendpoint with {LATENCY_S * 1000:.0f} ms latency: concurrency 1 {RATES[1]:.1f} requests/s, "
-              f"concurrency 16 {RATES[16]:.1f} requests/s: {ratio:.1f}x")
+        print(
+            f"\nendpoint with {LATENCY_S * 1000:.0f} ms latency: concurrency 1 {RATES[1]:.1f} requests/s, "
+            f"concurrency 16 {RATES[16]:.1f} requests/s: {ratio:.1f}x"
+        )
         assert ratio >= 12, f"concurrency 16 gives only {ratio:.1f}x the throughput of concurrency 1"
 
 
