@@ -1,6 +1,6 @@
 """The `slmops` command line.
 
-slmops validate [--params params.yaml]     check params against params.schema.json
+slmops validate [--params params.yaml]     validate params.yaml (slmops/core/config.py)
 slmops eval MODEL_DIR [--limit N]           exact match of a model folder on the eval set
 slmops make-data [--out data]               regenerate the embedded task data (deterministic)
 slmops package verify DIR                   re-hash, run in onnxruntime-genai and in Foundry Local
@@ -32,22 +32,24 @@ def cmd_eval(args) -> int:
 
     from slmops.core.params import load_params
     from slmops.core.task import load_task, read_labelled
-    from slmops.eval.evaluate import evaluate_model, evaluate_onnx
-    from slmops.models.generate import GenerationConfig
+    from slmops.eval.evaluate import score_onnx, score_torch
 
     params = load_params(args.params)
-    task = load_task(params["task"]["dir"])
-    rows = read_labelled(params["data"]["eval"], task)[: args.limit]
-    config = GenerationConfig(**params["evaluate"]["generation"], seed=params["seed"])
-    if (Path(args.model) / "genai_config.json").is_file():
+    task = load_task(params.task.dir)
+    rows = read_labelled(params.data.eval, task)[: args.limit]
+    settings = params.evaluate.generation
+    folder = Path(args.model)
+    if not (folder / "genai_config.json").is_file() and not (folder / "config.json").is_file():
+        raise InputError(f"{folder}: not a model folder (no config.json or genai_config.json)")
+    if (folder / "genai_config.json").is_file():
         from slmops.onnx.runtime import OnnxChatModel
 
-        figures, _ = evaluate_onnx(OnnxChatModel(args.model), task, rows, config.max_new_tokens, args.model)
+        figures, _ = score_onnx(OnnxChatModel(args.model), task, rows, settings, args.model)
     else:
         from slmops.models.hf import load_model_and_tokenizer
 
         model, tokenizer = load_model_and_tokenizer(args.model)
-        figures, _ = evaluate_model(model, tokenizer, task, rows, config, args.model)
+        figures, _ = score_torch(model, tokenizer, task, rows, settings, params.seed, args.model)
     print(json.dumps(figures, indent=2))
     return 0
 
@@ -166,7 +168,9 @@ def cmd_serve(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="slmops", description="SLMOps pipeline tools")
     sub = parser.add_subparsers(dest="command", required=True)
-    validate = sub.add_parser("validate", help="check params.yaml against params.schema.json")
+    validate = sub.add_parser(
+        "validate", help="validate params.yaml: every key, type and range, and the files it names"
+    )
     validate.add_argument("--params", default="params.yaml")
     validate.set_defaults(run=cmd_validate)
     evaluate = sub.add_parser("eval", help="score a model folder on the held-out eval set")

@@ -74,6 +74,18 @@ def test_cache_key_changes_with_each_part_of_the_request():
     )
 
 
+def test_cache_key_is_the_one_earlier_releases_wrote():
+    """Responses cached before the settings type changed are still found (they cost money)."""
+    import hashlib
+
+    identity = {"base_url": "http://a/v1", "model": "m", "served_model": "m-1"}
+    messages = [{"role": "user", "content": "hi"}]
+    old = {"max_tokens": 64, "temperature": 0.0, "top_p": 1.0, "seed": 42, "response_format": "json_object"}
+    payload = json.dumps({"endpoint": identity, "settings": old, "messages": messages}, sort_keys=True)
+    body = GenerationSettings.greedy(64).openai_kwargs(seed=42, response_format="json_object")
+    assert cache_key(identity, body, messages) == hashlib.sha256(payload.encode()).hexdigest()
+
+
 def test_settings_send_seed_and_json_mode_only_when_set():
     assert GenerationSettings.greedy(5).openai_kwargs() == {"max_tokens": 5, "temperature": 0.0, "top_p": 1.0}
     kwargs = GenerationSettings.greedy(5).openai_kwargs(seed=3, response_format="json_object")

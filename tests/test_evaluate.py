@@ -133,6 +133,18 @@ def test_onnx_fp32_answers_like_pytorch(task, tiny_hf_dir, tiny_onnx):
     assert torch_figures["parameters"] > 0
 
 
+def test_eval_command_scores_a_pytorch_and_an_onnx_folder(project, tiny_hf_dir, tiny_onnx, capsys):
+    from slmops.cli import main as slmops
+
+    figures = {}
+    for name, folder in (("torch", tiny_hf_dir), ("onnx", tiny_onnx["fp32"])):
+        assert slmops(["eval", str(folder), "--limit", "3"]) == 0
+        figures[name] = json.loads(capsys.readouterr().out)
+    assert figures["torch"]["n"] == figures["onnx"]["n"] == 3
+    assert figures["torch"]["exact_match"] == figures["onnx"]["exact_match"]  # fp32 export: the same answers
+    assert slmops(["eval", str(project / "missing")]) == 2
+
+
 def test_speed_is_measured_in_a_fresh_process(task, tiny_onnx, tiny_hf_dir):
     chats = [task.messages("where is my order ORD-12?")] * 4
     onnx = measure("onnx", str(tiny_onnx["int4"]), chats, warmup=1, max_new_tokens=8)

@@ -33,6 +33,8 @@ class Recorder:
 
     def __getattr__(self, name):
         value = getattr(self._section, name)
+        if name == "model_dump":  # reads every field but those excluded
+            return self._dump
         if name not in type(self._section).model_fields:
             self._seen.add(self._path)
             return value
@@ -41,6 +43,11 @@ class Recorder:
             return Recorder(value, path, self._seen)
         self._seen.add(path)
         return value
+
+    def _dump(self, **kwargs):
+        fields = set(type(self._section).model_fields) - set(kwargs.get("exclude") or ())
+        self._seen.update(f"{self._path}.{name}" if self._path else name for name in fields)
+        return self._section.model_dump(**kwargs)
 
 
 def declared(stage: str) -> list[str]:

@@ -88,7 +88,7 @@ class GenerationSettings(Section):
         kwargs = {
             "max_tokens": self.max_new_tokens,
             "temperature": self.temperature if self.do_sample else 0.0,
-            "top_p": self.top_p if self.do_sample else 1.0,
+            "top_p": self.top_p,
         }
         if seed is not None:
             kwargs["seed"] = seed

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime
 import re
+import typing
 from pathlib import Path
 
 from pydantic import BaseModel, ValidationError
@@ -41,40 +42,64 @@ def _dates(tree, path: str = "") -> list[str]:
     return []
 
 
+def _section(annotation) -> type[BaseModel] | None:
+    """The section model a field holds: the model itself, or the value model of a dict of them (gates)."""
+    if typing.get_origin(annotation) is dict:
+        annotation = typing.get_args(annotation)[1]
+    return annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+
+
 def _model_at(loc: tuple) -> type[BaseModel] | None:
     """The section model at the dotted path `loc` (None past a leaf or an unknown key)."""
-    model = Params
+    model, in_dict = Params, False
     for part in loc:
+        if in_dict:  # a key of a dict of sections (a gate's metric name)
+            in_dict = False
+            continue
         info = model.model_fields.get(part) if isinstance(part, str) else None
-        if info is None or not (isinstance(info.annotation, type) and issubclass(info.annotation, BaseModel)):
+        if info is None or _section(info.annotation) is None:
             return None
-        model = info.annotation
-    return model
+        in_dict = typing.get_origin(info.annotation) is dict
+        model = _section(info.annotation)
+    return None if in_dict else model
 
 
-def _description(loc: tuple) -> str | None:
-    holder = _model_at(loc[:-1])
-    info = holder.model_fields.get(loc[-1]) if holder is not None and loc and isinstance(loc[-1], str) else None
-    return info.description if info is not None else None
+def _field(loc: tuple):
+    holder = _model_at(loc[:-1]) if loc else None
+    return holder.model_fields.get(loc[-1]) if holder is not None and isinstance(loc[-1], str) else None
+
+
+def _shown(value) -> str:
+    """A value as YAML writes it (null, true, 'text'), or its kind for a mapping or list."""
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    return "null" if value is None else str(value).lower() if isinstance(value, bool) else repr(value)
 
 
 def _describe(error: dict) -> str:
     loc = tuple(p for p in error["loc"] if p != "[key]")
     where = ".".join(map(str, loc)) or "(top level)"
-    if error["type"] == "extra_forbidden":
+    if error["type"] == "extra_forbidden" or "[key]" in error["loc"]:  # an unknown key, or an unknown dict key
         holder = _model_at(loc[:-1])
-        allowed = ", ".join(sorted(holder.model_fields)) if holder else "none"
-        return f"unknown key {where}; allowed here: {allowed}"
+        info = _field(loc[:-1]) if holder is None else None
+        keys = holder.model_fields if holder else typing.get_args(typing.get_args(info.annotation)[0]) if info else ()
+        return f"unknown key {where}; allowed here: {', '.join(sorted(keys)) or 'none'}"
+    section = _model_at(loc)
     if error["type"] == "missing":
-        return f"{where}: missing (params.yaml holds every key; see params.schema.json)"
+        needs = f"; it holds {', '.join(section.model_fields)}" if section else ""
+        return f"{where}: missing (params.yaml holds every key{needs}; see slmops/core/params.schema.json)"
     message = error["msg"].removeprefix("Value error, ")
+    if error["type"] == "model_type" or error["type"] == "dict_type":
+        message = f"expected a mapping of keys{' (' + ', '.join(section.model_fields) + ')' if section else ''}"
     if error["type"] == "value_error" and re.match(r"^[\w.]+: ", message):  # a cross-field check names its key
         key, message = message.split(": ", 1)
         loc, where = (*loc, *key.split(".")), f"{where}.{key}"
-    description = _description(loc)
-    hint = f" ({description})" if description else ""
+    info = _field(loc)
+    hint = f" ({info.description})" if info is not None and info.description else ""
     if error["type"].endswith(("_type", "_parsing")) or error["type"] in ("literal_error", "enum"):
-        return f"{where}: {error['input']!r}: {message}{hint}"
+        return f"{where}: {_shown(error['input'])}: {message}{hint}"
     return f"{where}: {message}{hint}"
 
 

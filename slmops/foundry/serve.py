@@ -18,6 +18,7 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+from slmops.core.config import GenerationSettings
 from slmops.onnx.runtime import OnnxChatModel
 
 ROLES = {"system", "user", "assistant"}
@@ -130,9 +131,16 @@ class ChatHandler(BaseHTTPRequestHandler):
         return self.rfile.read(int(length))
 
     def _pieces(self, request, prompt):
-        sampling = {"do_sample": True, "temperature": request["temperature"], "top_p": request["top_p"]}
+        temperature, top_p = request["temperature"], request["top_p"]
+        settings = GenerationSettings(
+            max_new_tokens=request["max_tokens"],
+            batch_size=1,
+            do_sample=temperature > 0,
+            temperature=temperature or 1.0,
+            top_p=top_p or 1.0,
+        )
         return self.server.model.stream(
-            request["messages"], request["max_tokens"], sampling if request["temperature"] > 0 else None, prompt=prompt
+            request["messages"], settings.max_new_tokens, settings.genai_search_options(), prompt=prompt
         )
 
     def _complete(self, request, prompt):

@@ -9,6 +9,7 @@ from slmops.core.task import Task
 from slmops.report.run import render_variants, shown
 
 MADE_WITH = ("seed", "teacher", "synthesize", "student", "distill", "finetune", "quantize")
+TRANSPORT = {"requests"}  # how endpoint requests were sent (synthesize.requests): no part of what made the model
 
 
 def model_card(
@@ -18,7 +19,8 @@ def model_card(
     `metrics`, `teacher`, `synthesize`: reports/metrics.json, teacher.json and synthesize.json."""
     shipped = metrics["variants"]["quantized"]
     made_with = {
-        key: params.seed if key == "seed" else getattr(params, key).model_dump(mode="json") for key in MADE_WITH
+        key: params.seed if key == "seed" else getattr(params, key).model_dump(mode="json", exclude=TRANSPORT)
+        for key in MADE_WITH
     }
     return "\n".join(
         [

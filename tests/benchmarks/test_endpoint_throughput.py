@@ -10,9 +10,10 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT
+from conftest import ROOT, default
 
-from slmops.teacher.endpoint import Endpoint, Requests, Settings, Usage, complete_all
+from slmops.core.config import GenerationSettings
+from slmops.teacher.endpoint import Endpoint, Usage, complete_all
 
 LATENCY_S = 0.05
 RATES: dict[int, float] = {}
@@ -43,10 +44,10 @@ def test_throughput_by_concurrency(benchmark, endpoint, tmp_path, concurrency):
 
     def fresh():  # every round sends new prompts to an empty cache: nothing is served from the cache
         n = next(rounds)
-        requests = Requests(concurrency=concurrency, cache=str(tmp_path / f"cache-{n}.sqlite"))
+        requests = default("synthesize.requests", concurrency=concurrency, cache=str(tmp_path / f"cache-{n}.sqlite"))
         return (
             endpoint,
-            Settings(max_tokens=8),
+            GenerationSettings.greedy(8).openai_kwargs(),
             chats(REQUESTS[concurrency], f"c{concurrency}-r{n}"),
             requests,
             Usage(),
@@ -71,13 +72,13 @@ def test_throughput_by_concurrency(benchmark, endpoint, tmp_path, concurrency):
 
 
 def test_fully_cached_rerun_of_3000_prompts(benchmark, endpoint, tmp_path):
-    requests = Requests(concurrency=64, cache=str(tmp_path / "cache.sqlite"))
+    requests = default("synthesize.requests", concurrency=64, cache=str(tmp_path / "cache.sqlite"))
     prompts = chats(CACHED_PROMPTS, "cached")
-    complete_all(endpoint, Settings(max_tokens=8), prompts, requests, Usage())  # fill the cache
+    complete_all(endpoint, GenerationSettings.greedy(8).openai_kwargs(), prompts, requests, Usage())  # fill the cache
 
     def rerun():
         usage = Usage()
-        replies, _ = complete_all(endpoint, Settings(max_tokens=8), prompts, requests, usage)
+        replies, _ = complete_all(endpoint, GenerationSettings.greedy(8).openai_kwargs(), prompts, requests, usage)
         assert usage.cache_hits == CACHED_PROMPTS and usage.requests == 0 and None not in replies
 
     benchmark.group = "endpoint cache"
