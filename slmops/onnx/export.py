@@ -1,4 +1,5 @@
-"""ONNX export and quantization for onnxruntime-genai (model builder or Olive), and the parity check.
+"""ONNX export and quantization for onnxruntime-genai: the model builder or an Olive workflow (slmops.onnx.parity
+checks the result).
 
 The builder has no int8: int8 is an fp32 build whose MatMul weights onnxruntime's MatMulNBitsQuantizer
 then quantizes to 8 bits (the same quantizer the builder uses for int4).

@@ -1,4 +1,4 @@
-"""Chat with an onnxruntime-genai model folder: greedy answers, streamed tokens, per-position logits.
+"""Chat with an onnxruntime-genai model folder: answers (greedy or sampled), streamed tokens, per-position logits.
 
 Imports no torch, so a process that only serves the ONNX model stays small (evaluate measures its memory).
 """

@@ -1,4 +1,4 @@
-"""The teacher: train a small one on the labelled set (bootstrap), or pin an existing model (hf)."""
+"""Local teachers: pin an existing Hugging Face model (hf backend); load a pinned teacher, refusing changed weights."""
 
 from __future__ import annotations
 
