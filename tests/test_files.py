@@ -55,3 +55,16 @@ def test_atomic_dir_clears_what_a_killed_run_left(tmp_path):
     with atomic_dir(tmp_path / "out") as tmp:
         (tmp / "done").write_text("y")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_a_jsonl_file_that_is_not_utf8_names_the_line(tmp_path):
+    path = tmp_path / "prompts.jsonl"
+    path.write_bytes(b'{"message": "ok"}\n{"message": "caf\xe9"}\n')
+    with pytest.raises(InputError, match=r"prompts.jsonl:2: not UTF-8 text"):
+        read_jsonl(path)
+
+
+def test_a_line_separator_inside_a_string_is_not_a_new_record(tmp_path):
+    path = tmp_path / "prompts.jsonl"
+    path.write_text('{"message": "a\u2028b"}\n', encoding="utf-8")
+    assert read_jsonl(path) == [{"message": "a\u2028b"}]

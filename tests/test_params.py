@@ -79,6 +79,41 @@ def test_bad_params_name_the_key_and_what_is_allowed(project, edit, message):
     assert message in str(err.value)
 
 
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("eval", "", "data.eval: '' does not exist"),
+        ("eval", "data/eval", "data.eval: 'data/eval' is not a file"),
+        ("dir", "data/task/task.yaml", "task.dir: 'data/task/task.yaml' is not a task folder (no task.yaml in it)"),
+        ("dir", "data", "task.dir: 'data' is not a task folder"),
+    ],
+)
+def test_paths_must_be_what_their_key_names(project, key, value, message):
+    write_params(project, lambda p: p["task" if key == "dir" else "data"].update({key: value}))
+    with pytest.raises(InputError) as err:
+        load_params()
+    assert message in str(err.value)
+
+
+def test_file_problems_come_with_the_other_problems(project):
+    def edit(p):
+        p["finetune"]["lora"]["r"] = 0
+        p["data"]["eval"] = "data/eval/missing.jsonl"
+
+    write_params(project, edit)
+    with pytest.raises(InputError) as err:
+        load_params()
+    assert "finetune.lora.r" in str(err.value) and "data.eval: 'data/eval/missing.jsonl' does not exist" in str(
+        err.value
+    )
+
+
+def test_a_params_file_that_is_not_utf8_is_named(project):
+    (project / "params.yaml").write_bytes((project / "params.yaml").read_bytes() + "# caf\u00e9\n".encode("latin-1"))
+    with pytest.raises(InputError, match=r"params.yaml: not UTF-8 text"):
+        load_params()
+
+
 def test_every_problem_is_reported_at_once(project):
     def edit(p):
         p["seed"] = "x"

@@ -67,16 +67,21 @@ def read_jsonl(path: str | Path, required: tuple[str, ...] = ()) -> list[dict]:
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: file not found")
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        raise InputError(f"{path}:{line}: not UTF-8 text ({err.reason})") from None
     rows = []
-    with path.open() as f:
-        for number, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            row = parse_json_object(line, f"{path}:{number}")
-            missing = [key for key in required if key not in row]
-            if missing:
-                raise InputError(f"{path}:{number}: missing key(s) {', '.join(missing)}")
-            rows.append(row)
+    for number, line in enumerate(text.split("\n"), start=1):  # not splitlines: U+2028 may stand inside a string
+        if not line.strip():
+            continue
+        row = parse_json_object(line, f"{path}:{number}")
+        missing = [key for key in required if key not in row]
+        if missing:
+            raise InputError(f"{path}:{number}: missing key(s) {', '.join(missing)}")
+        rows.append(row)
     if not rows:
         raise InputError(f"{path}: no records")
     return rows

@@ -19,8 +19,8 @@ from ruamel.yaml.error import YAMLError
 from slmops.core.config import Params
 from slmops.core.errors import InputError
 
-# Keys whose value must name an existing file or folder, relative to the working directory.
-PATH_KEYS = ("task.dir", "data.labelled", "data.prompts", "data.eval")
+# Keys whose value must name an existing folder (True) or file (False), relative to the working directory.
+PATH_KEYS = {"task.dir": True, "data.labelled": False, "data.prompts": False, "data.eval": False}
 
 
 def read_yaml(text: str, source: str):
@@ -110,6 +110,24 @@ def parse_params(text: str, source: str = "params.yaml", check_paths: bool = Tru
     return validate_tree(read_yaml(text, source), source, check_paths)
 
 
+def _path_problems(tree: dict) -> list[str]:
+    """Each path key whose value is not an existing folder (task.dir, holding task.yaml) or file (data.*)."""
+    problems = []
+    for key, folder in PATH_KEYS.items():
+        section, name = key.split(".")
+        value = (tree.get(section) or {}).get(name) if isinstance(tree.get(section), dict) else None
+        if not isinstance(value, str):
+            continue  # a wrong type is reported by the validation
+        path = Path(value)
+        if not value.strip() or not path.exists():
+            problems.append(f"{key}: '{value}' does not exist")
+        elif folder and not (path / "task.yaml").is_file():
+            problems.append(f"{key}: '{value}' is not a task folder (no task.yaml in it)")
+        elif not folder and not path.is_file():
+            problems.append(f"{key}: '{value}' is not a file")
+    return problems
+
+
 def validate_tree(tree, source: str = "params.yaml", check_paths: bool = True) -> Params:
     """`tree` (params.yaml as read by read_yaml) validated into Params; InputError lists every problem."""
     if not isinstance(tree, dict):
@@ -121,12 +139,8 @@ def validate_tree(tree, source: str = "params.yaml", check_paths: bool = True) -
         dated = {p.split(":")[0] for p in problems}
         problems += [_describe(e) for e in err.errors() if ".".join(map(str, e["loc"])) not in dated]
         params = None
-    if params is not None and check_paths:
-        for key in PATH_KEYS:
-            section, name = key.split(".")
-            value = getattr(getattr(params, section), name)
-            if not Path(value).exists():
-                problems.append(f"{key}: '{value}' does not exist")
+    if check_paths:
+        problems += _path_problems(tree)
     if problems:
         raise InputError("invalid params\n  " + "\n  ".join(f"{source}: {p}" for p in problems))
     return params
@@ -137,4 +151,8 @@ def load_params(path: str | Path = "params.yaml") -> Params:
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: file not found")
-    return parse_params(path.read_text(), str(path))
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise InputError(f"{path}: not UTF-8 text (byte {err.start}: {err.reason})") from None
+    return parse_params(text, str(path))
