@@ -165,6 +165,14 @@ def cmd_serve(args) -> int:
     return 0
 
 
+def positive_int(text: str) -> int:
+    """argparse type: a whole number of at least 1 (argparse turns the ValueError into a usage error, exit 2)."""
+    value = int(text)
+    if value < 1:
+        raise ValueError(text)
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="slmops", description="SLMOps pipeline tools")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -176,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     evaluate = sub.add_parser("eval", help="score a model folder on the held-out eval set")
     evaluate.add_argument("model")
     evaluate.add_argument("--params", default="params.yaml")
-    evaluate.add_argument("--limit", type=int, default=None)
+    evaluate.add_argument("--limit", type=positive_int, default=None)
     evaluate.set_defaults(run=cmd_eval)
     make_data = sub.add_parser("make-data", help="regenerate the embedded support-triage data")
     make_data.add_argument("--out", default="data")
@@ -188,13 +196,13 @@ def main(argv: list[str] | None = None) -> int:
     verify.add_argument("dir")
     verify.add_argument("--message", default="Hello", help="the user message both runtimes answer")
     verify.add_argument("--system", default=None, help="system message (default: the package's task instruction)")
-    verify.add_argument("--max-output-tokens", type=int, default=64)
+    verify.add_argument("--max-output-tokens", type=positive_int, default=64)
     verify.set_defaults(run=cmd_package_verify)
     chat = sub.add_parser("chat", help="ask a packaged model (one-shot with MESSAGE, else interactive)")
     chat.add_argument("dir")
     chat.add_argument("message", nargs="?")
     chat.add_argument("--system", default=None, help="system message (default: the package's task instruction)")
-    chat.add_argument("--max-new-tokens", type=int, default=128)
+    chat.add_argument("--max-new-tokens", type=positive_int, default=128)
     chat.add_argument(
         "--history",
         action="store_true",
@@ -211,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     server.add_argument("dir")
     server.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
     server.add_argument("--port", type=int, default=8000, help="port (0: any free port)")
-    server.add_argument("--max-body-bytes", type=int, default=1 << 20, help="largest request body accepted")
+    server.add_argument("--max-body-bytes", type=positive_int, default=1 << 20, help="largest request body accepted")
     server.set_defaults(run=cmd_serve)
     args = parser.parse_args(argv)
     try:

@@ -51,6 +51,11 @@ def test_default_params_are_valid(project):
             "data.eval: 'data/eval/missing.jsonl' does not exist",
         ),
         (
+            lambda p: p["distill"]["train"].update(epochs=float("inf")),
+            "distill.train.epochs: Input should be a finite number",
+        ),
+        (lambda p: p.update(seed=2**70), "seed: Input should be less than or equal to 4294967295"),
+        (
             lambda p: p["synthesize"].update(logprobs_top_k=-1),
             "synthesize.logprobs_top_k: Input should be greater than or equal to 0",
         ),
@@ -201,3 +206,17 @@ def test_a_stage_with_bad_params_exits_2_and_writes_nothing(project, stage):
     assert result.returncode == 2
     assert "unknown key finetune.lora.rank" in result.stderr
     assert sorted(p for p in project.rglob("*")) == before
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["eval", "models/onnx", "--limit", "0"],
+        ["chat", "pkg", "hi", "--max-new-tokens", "-5"],
+        ["package", "verify", "pkg", "--max-output-tokens", "0"],
+    ],
+)
+def test_command_line_counts_must_be_positive(argv, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        slmops(argv)
+    assert exit_.value.code == 2 and "invalid positive_int value" in capsys.readouterr().err

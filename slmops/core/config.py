@@ -23,7 +23,7 @@ SCHEMA_PATH = Path(__file__).with_name("params.schema.json")
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
 
 
 # --- shared shapes -------------------------------------------------------------------------------------
@@ -430,7 +430,9 @@ class Params(Section):
 
     model_config = ConfigDict(title="SLMOps pipeline params")
 
-    seed: int = Field(ge=0, description="Seed for every random choice (data order, initialisation, sampling).")
+    seed: int = Field(
+        ge=0, le=2**32 - 1, description="Seed for every random choice (data order, initialisation, sampling)."
+    )
     task: Task = Field(description="The task.")
     data: Data = Field(description="Committed data files (JSONL).")
     teacher: Teacher = Field(description="The teacher model.")
