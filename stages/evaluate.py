@@ -48,7 +48,7 @@ def variants_for(params: Params) -> list[Variant]:
     return [
         EndpointVariant("teacher", served_endpoint(teacher), params.synthesize.requests, teacher.openai.response_format)
         if teacher.backend == "openai"
-        else TorchVariant("teacher", MODELS["teacher"]),
+        else TorchVariant("teacher", MODELS["teacher"], pinned=True),
         TorchVariant("student", MODELS["student"]),
         TorchVariant("finetuned", MODELS["finetuned"]),
         OnnxVariant(

@@ -15,7 +15,7 @@ from pathlib import Path
 from slmops.core.errors import InputError, exits_2_on_input_error
 from slmops.core.files import atomic_dir, read_jsonl, write_json, write_jsonl
 from slmops.core.params import load_params
-from slmops.core.task import load_task, read_labelled
+from slmops.core.task import load_task
 from slmops.teacher.labelling import teacher_for, with_written_prompts
 
 TEACHER = Path("models/teacher")
@@ -29,10 +29,7 @@ def main() -> None:
     task = load_task(params.task.dir)
     prompts = read_jsonl(params.data.prompts, required=("message",))[: params.synthesize.limit]
     teacher = teacher_for(params, TEACHER)
-    seeds = (
-        [r["message"] for r in read_labelled(params.data.labelled, task)] if params.synthesize.mode != "label" else []
-    )
-    prompts, written, stats = with_written_prompts(teacher, params, seeds, prompts)
+    prompts, written, stats = with_written_prompts(teacher, params, task, prompts)
     accepted, rejected, label_stats = teacher.label(task, prompts, params.synthesize.generation)
     if not accepted:
         raise InputError(

@@ -323,6 +323,15 @@ async def _fetch(endpoint, body, chats, keys, missing, requests, cache, usage, r
         await client.close()
 
 
+def complete_enough(
+    endpoint: Endpoint, body: dict, chats: list[list[dict]], requests: Requests, usage: Usage, desc: str
+) -> tuple[list[dict | None], list[str | None]]:
+    """complete_all, then InputError (check_success_ratio) when fewer than requests.min_success_ratio succeeded."""
+    replies, failures = complete_all(endpoint, body, chats, requests, usage, desc)
+    check_success_ratio(failures, requests.min_success_ratio, requests.cache)
+    return replies, failures
+
+
 def check_success_ratio(failures: list[str | None], min_ratio: float, cache_path: str) -> None:
     """InputError naming how many requests failed and why when too few succeeded."""
     failed = [f for f in failures if f is not None]

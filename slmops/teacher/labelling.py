@@ -13,10 +13,10 @@ from pathlib import Path
 from slmops.core.config import Generate, GenerationSettings, Params
 from slmops.core.errors import InputError
 from slmops.core.files import write_json, write_jsonl
-from slmops.core.task import Task, check_answer
+from slmops.core.task import Task, check_answer, read_labelled
 from slmops.models.generate import Answer, generate_answers
 from slmops.models.hf import tokenizer_fingerprint
-from slmops.teacher.endpoint import Endpoint, Usage, check_success_ratio, complete_all, served_endpoint, unfence
+from slmops.teacher.endpoint import Endpoint, Usage, complete_enough, served_endpoint, unfence
 from slmops.teacher.local import load_teacher
 from slmops.teacher.selfinstruct import drop_near_duplicates, parse_written, writing_chats
 from slmops.train.logprobs import write_store
@@ -100,13 +100,10 @@ class EndpointTeacher:
         self.response_format, self.prices = params.teacher.openai.response_format, params.teacher.openai.prices
         self.usage = Usage()
 
-    def _replies(self, chats: list[list[dict]], body: dict, desc: str) -> tuple[list, list]:
-        replies, failures = complete_all(self.endpoint, body, chats, self.requests, self.usage, desc)
-        check_success_ratio(failures, self.requests.min_success_ratio, self.requests.cache)
-        return replies, failures
-
     def answer(self, chats: list[list[dict]], settings: GenerationSettings, desc: str) -> list[str | None]:
-        replies, _ = self._replies(chats, settings.openai_kwargs(self.seed), desc)
+        replies, _ = complete_enough(
+            self.endpoint, settings.openai_kwargs(self.seed), chats, self.requests, self.usage, desc
+        )
         return [reply["content"] if reply else None for reply in replies]
 
     def label(self, task: Task, prompts: list[dict], settings: GenerationSettings) -> tuple[list, list, dict]:
@@ -114,7 +111,8 @@ class EndpointTeacher:
         succeed; the answers received stay cached either way."""
         start = time.perf_counter()
         body = settings.openai_kwargs(self.seed, self.response_format)
-        replies, failures = self._replies([task.messages(p["message"]) for p in prompts], body, "teacher answering")
+        chats = [task.messages(p["message"]) for p in prompts]
+        replies, failures = complete_enough(self.endpoint, body, chats, self.requests, self.usage, "teacher answering")
         accepted, rejected = [], []
         for prompt, reply, failure in zip(prompts, replies, failures, strict=True):
             if failure is not None:
@@ -175,11 +173,13 @@ def write_new_prompts(answer_all, generate: Generate, seed_messages: list[str], 
 
 
 def with_written_prompts(
-    teacher: LocalTeacher | EndpointTeacher, params: Params, seeds: list[str], prompts: list[dict]
+    teacher: LocalTeacher | EndpointTeacher, params: Params, task: Task, prompts: list[dict]
 ) -> tuple[list[dict], list[dict], dict]:
-    """(prompts to label, prompts the teacher wrote, stats): the same prompts when synthesize.mode is label."""
+    """(prompts to label, prompts the teacher wrote, stats): the same prompts when synthesize.mode is label;
+    with generate_and_label, new prompts written from seed examples of data.labelled."""
     if params.synthesize.mode == "label":
         return prompts, [], {}
+    seeds = [r["message"] for r in read_labelled(params.data.labelled, task)]
     generate = params.synthesize.generate
     settings = GenerationSettings.at_temperature(
         generate.max_tokens, generate.temperature, params.synthesize.generation.batch_size
