@@ -8,10 +8,10 @@ import pytest
 from conftest import DEFAULT_PARAMS, ROOT, run_stage
 
 from slmops.core.errors import InputError
+from slmops.foundry import verify as verification
 from slmops.foundry.package import inference_model, sha256, task_record, write_manifest
 from slmops.foundry.verify import check_manifest
 from slmops.onnx.export import copy_genai_files
-from slmops.onnx.runtime import OnnxChatModel
 from slmops.report.card import model_card
 
 SLMOPS = [sys.executable, "-m", "slmops.cli"]
@@ -21,7 +21,7 @@ SLMOPS = [sys.executable, "-m", "slmops.cli"]
 def package(tiny_onnx, task, tmp_path):
     folder = tmp_path / "tiny-slm"
     copy_genai_files(tiny_onnx["int4"], folder)
-    (folder / "inference_model.json").write_text(json.dumps(inference_model("tiny-slm", OnnxChatModel(folder))))
+    (folder / "inference_model.json").write_text(json.dumps(inference_model("tiny-slm", folder, task.instruction)))
     (folder / "task.json").write_text(json.dumps(task_record(task)))
     write_manifest(folder, "tiny-slm", 3)
     return folder
@@ -89,8 +89,17 @@ def test_verify_loads_the_package_in_genai_and_foundry_local(package):
     assert result.returncode == 0, result.stderr[-3000:]
     lines = result.stdout.splitlines()
     assert lines[0] == f"{package}: 8 files match the manifest"  # no README.md in this fixture
-    assert lines[1].startswith("onnxruntime-genai: '")  # random weights: special tokens, which decode to ''
-    assert lines[2].startswith("Foundry Local (STOP): ") or lines[2].startswith("Foundry Local (LENGTH): ")
+    genai, foundry = lines[1].split(": ", 1), lines[2].split(": ", 1)
+    assert genai[0] == "onnxruntime-genai" and foundry[0] in ("Foundry Local (STOP)", "Foundry Local (LENGTH)")
+    assert genai[1] == foundry[1]  # the same greedy answer from both runtimes, system and user message
+
+
+def test_verify_refuses_a_package_whose_runtimes_disagree(package, monkeypatch):
+    # Foundry Local can run once per process, so its answer is replaced here; the real one is compared above.
+    monkeypatch.setattr(verification, "foundry_local_chat", lambda *args: ("something else", "STOP", 3))
+    messages = [{"role": "system", "content": "Extract."}, {"role": "user", "content": "ORD-12"}]
+    with pytest.raises(InputError, match="Foundry Local answered 'something else' but onnxruntime-genai answered"):
+        verification.verify(package, messages, 8)
 
 
 def test_verify_refuses_a_tampered_package(package):

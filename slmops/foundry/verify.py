@@ -109,19 +109,36 @@ def foundry_local_chat(
 
 
 def verify(folder: str | Path, messages: list[dict], max_output_tokens: int) -> Verification:
-    """Hashes against the manifest, one greedy answer from onnxruntime-genai, one from Foundry Local."""
+    """Hashes against the manifest, then one greedy answer to `messages` (e.g. a system and a user message) from
+    the Foundry Local runtime, which must equal onnxruntime-genai's greedy answer on the prompt the Hugging Face
+    chat template renders: a wrong chat template or generation config in the package shows up as a difference.
+
+    Raises InputError when the package does not match its manifest or the two answers differ, RuntimeError when a
+    runtime loads the model but generates nothing.
+    """
+    from slmops.foundry.package import hf_renderer
     from slmops.onnx.runtime import OnnxChatModel
 
     folder = Path(folder)
     manifest = check_manifest(folder)
     name = json.loads((folder / "inference_model.json").read_text())["Name"]
-    genai = OnnxChatModel(folder).answer(messages, max_output_tokens)
-    if genai.tokens == 0:
+    model = OnnxChatModel(folder)
+    render, _, _ = hf_renderer(folder)
+    prompt = model.tokenizer.encode(render(messages, True))
+    pieces = list(model.stream(messages, max_output_tokens, prompt=prompt))
+    if not pieces:
         raise RuntimeError(f"{folder}: onnxruntime-genai loaded the model but it ended its answer at once")
+    genai = "".join(pieces).strip()
     text, finish, tokens = foundry_local_chat(folder, f"{name}:{manifest['version']}", messages, max_output_tokens)
     if finish == "ERROR" or tokens == 0:
         raise RuntimeError(
             f"{folder}: Foundry Local loaded the model but generated {tokens} tokens "
             f"(finish reason {finish}, text {text!r})"
         )
-    return Verification(len(manifest["files"]), genai.text, text, finish)
+    if text != genai:
+        raise InputError(
+            f"{folder}: Foundry Local answered {text!r} but onnxruntime-genai answered {genai!r} on the prompt "
+            f"the Hugging Face chat template renders for the same {len(messages)} messages; check the package's "
+            "chat template and generation config"
+        )
+    return Verification(len(manifest["files"]), genai, text, finish)
