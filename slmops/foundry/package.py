@@ -76,7 +76,12 @@ def prompt_template(render: Render, instruction: str, bos: str = "", ends: tuple
     `assemble(template, chat)` equals the template's own rendering (without `bos`) for a system and a user
     message and for several turns; checked here. Raises InputError when the template cannot be cut into parts.
     """
-    parts = _role_parts(render, bos, ends)
+    try:
+        parts = _role_parts(render, bos, ends)
+    except ValueError:  # str.index: a marker is missing from the rendering
+        raise InputError(
+            "chat template: it rewrites or drops message contents, so it cannot be cut into parts"
+        ) from None
     single = render([_message("system", instruction), _message("user", _USER)], True)
     if _USER not in single:
         raise InputError(f"chat template: drops the user's message (renders {single!r})")
