@@ -42,7 +42,7 @@ def test_collator_pads_and_aligns_teacher_logprobs(tokenizer, task):
     assert batch["attention_mask"][0, n:].sum() == 0 and (batch["labels"][0, n:] == IGNORE).all()
 
 
-def test_training_lowers_the_loss_with_and_without_kd(tiny_model, tokenizer, task, labelled, tmp_path):
+def test_training_lowers_the_loss(tiny_model, tokenizer, task, labelled, tmp_path):
     rows = labelled[:32]
     examples = [encode_chat(tokenizer, task.messages(r["message"], render_answer(r["label"]))) for r in rows]
     collate = Collator(tokenizer.pad_token_id)
