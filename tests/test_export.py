@@ -101,15 +101,20 @@ def test_olive_workflow_int8_keeps_the_logits_output(tiny_hf_dir):
     assert workflow["output_dir"] == "/out" and workflow["input_model"]["model_path"] == str(tiny_hf_dir)
 
 
-def test_olive_engine_exports_a_model_genai_runs(tiny_hf_dir, tmp_path):
+def test_olive_engine_exports_a_model_that_passes_the_parity_check(tiny_hf_dir, tokenizer, tmp_path):
     out = tmp_path / "olive-out"
-    workflow = olive_workflow(
-        str(tiny_hf_dir), str(out), str(tmp_path / "cache"), default("quantize", precision="int4")
-    )
+    config = default("quantize", precision="int4")
+    workflow = olive_workflow(str(tiny_hf_dir), str(out), str(tmp_path / "cache"), config)
     write_workflow(tmp_path / "olive.json", workflow)
     run_olive(tmp_path / "olive.json", out)
     answer = OnnxChatModel(out).answer([{"role": "user", "content": "hello"}], 8)
     assert answer.tokens <= 8 and answer.seconds > 0
+    parity = check_parity(
+        LlamaForCausalLM.from_pretrained(tiny_hf_dir), OnnxChatModel(out), *prompt_and_answer(tokenizer)
+    )
+    assert parity.positions == len(prompt_and_answer(tokenizer)[1][0])
+    assert 0 < parity.max_abs_logit_diff < 0.2  # int4 rounding, not a different network (a broken graph is off by >1)
+    assert parity.failure("int4", config.parity.max_abs_logit_diff, config.parity.min_greedy_agreement) is None
 
 
 def test_olive_run_that_writes_no_model_is_an_error(tmp_path):
