@@ -136,6 +136,7 @@ def azurite(tmp_path):
             "--skipApiVersionCheck",
             "--loose",
             "--silent",
+            "--disableTelemetry",  # otherwise it tries to send usage data off the machine and queues it in /tmp
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
