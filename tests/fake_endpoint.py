@@ -34,6 +34,10 @@ class FakeTeacher:
         self.authorizations: set[str] = set()
         self.bodies: list[dict] = []
         self.paths: list[str] = []
+        self.answer_limit: int | None = None  # answers sent before later requests are held, then dropped unanswered
+        self.held = 0  # requests held at the limit
+        self.release = threading.Event()  # ends the holding: held requests are dropped
+        self._admitted = 0
         self._lock = threading.Lock()
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.server.daemon_threads = True
@@ -104,6 +108,14 @@ class FakeTeacher:
                     return None
                 if fault == "slow":
                     time.sleep(teacher.slow_s)
+                with teacher._lock:
+                    teacher._admitted += 1
+                    hold = teacher.answer_limit is not None and teacher._admitted > teacher.answer_limit
+                    teacher.held += hold
+                if hold:
+                    teacher.release.wait()
+                    self.close_connection = True
+                    return None
                 content = teacher.answer(body["messages"])
                 completion = {
                     "id": "chatcmpl-fake",
