@@ -14,7 +14,6 @@ from pathlib import Path
 from slmops.core.errors import exits_2_on_input_error
 from slmops.core.files import write_json
 from slmops.core.params import load_params
-from slmops.teacher.endpoint import Endpoint, probe
 
 OUT = Path("data/endpoint.json")
 
@@ -26,6 +25,9 @@ def main() -> None:
     if teacher.backend != "openai":
         write_json(OUT, {"backend": teacher.backend})
         return
+    # Imported here: the OpenAI client takes about a second to import, and local teachers need none.
+    from slmops.teacher.endpoint import Endpoint, probe
+
     endpoint = Endpoint.from_params(teacher)
     write_json(OUT, {**endpoint.identity(), **probe(endpoint, params.synthesize.requests)})
 
