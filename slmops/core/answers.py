@@ -35,7 +35,8 @@ _DECODER = json.JSONDecoder()
 class Parsed:
     """One answer as read: `value` is the JSON value found (when `found`); `reason` says why it is not a label
     (None: it is one) and `kind` names that reason in one word, for counts: content_filter, length,
-    finish_reason, reasoning_open, empty, no_json, schema."""
+    finish_reason, reasoning_open, empty, no_json, schema (and request_failed, which callers make for a request
+    that got no reply)."""
 
     found: bool
     value: Any = None
