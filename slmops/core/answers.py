@@ -110,6 +110,11 @@ def _finish_problem(finish_reason: str | None, max_tokens: int | None, reasoning
     return _rejected("finish_reason", f"not a finished answer (finish_reason {finish_reason})")
 
 
+def local_finish_reason(finished: bool) -> str:
+    """The finish_reason of a local generation: "stop" when the model wrote its end token, else "length"."""
+    return "stop" if finished else "length"
+
+
 def parse_answer(
     task: Task,
     content: str | None,

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from slmops.core.answers import Parsed, parse_answer
+from slmops.core.answers import Parsed, local_finish_reason, parse_answer
 from slmops.core.config import GenerationSettings, Requests
 from slmops.core.metrics import HEADLINE as HEADLINE_METRICS
 from slmops.core.task import Task, score
@@ -43,8 +43,7 @@ def score_torch(model, tokenizer, task: Task, rows: list[dict], settings: Genera
     )
     texts = [a.text for a in answers]
     parsed = [
-        parse_answer(task, a.text, "stop" if a.finished else "length", max_tokens=settings.max_new_tokens)
-        for a in answers
+        parse_answer(task, a.text, local_finish_reason(a.finished), max_tokens=settings.max_new_tokens) for a in answers
     ]
     figures = score(task, parsed, [r["label"] for r in rows])
     figures["parameters"] = count_parameters(model)
@@ -58,8 +57,7 @@ def score_onnx(model: OnnxChatModel, task: Task, rows: list[dict], settings: Gen
         for r in tqdm(rows, desc=f"evaluating {name}", unit="prompt")
     ]
     parsed = [
-        parse_answer(task, a.text, "stop" if a.finished else "length", max_tokens=settings.max_new_tokens)
-        for a in answers
+        parse_answer(task, a.text, local_finish_reason(a.finished), max_tokens=settings.max_new_tokens) for a in answers
     ]
     return score(task, parsed, [r["label"] for r in rows]), _predictions(rows, [a.text for a in answers])
 

@@ -17,7 +17,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from slmops.core.answers import Parsed, parse_answer, visible_text
+from slmops.core.answers import Parsed, local_finish_reason, parse_answer, visible_text
 from slmops.core.config import Generate, GenerationSettings, Params
 from slmops.core.errors import InputError
 from slmops.core.files import write_json, write_jsonl
@@ -82,7 +82,7 @@ class LocalTeacher:
         )
         accepted, rejected = [], []
         for prompt, answer in zip(prompts, answers, strict=True):
-            finish_reason = "stop" if answer.finished else "length"
+            finish_reason = local_finish_reason(answer.finished)
             parsed = parse_answer(task, answer.text, finish_reason, max_tokens=settings.max_new_tokens)
             _sort(prompt, answer.text, parsed, accepted, rejected)
             if parsed.label is not None:
