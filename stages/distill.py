@@ -2,8 +2,10 @@
 
     python -m stages.distill      (dvc repro distill)
 
-Loss = alpha * CE on the teacher's answer tokens + (1 - alpha) * T^2 * KD on its stored top-k
-log-probs (forward KL, reverse KL or JSD). Loss curves: reports/train/distill (dvc plots show).
+Loss = alpha * CE on the canonical answer of each label + (1 - alpha) * T^2 * KD on the teacher's stored top-k
+log-probs (forward KL, reverse KL or JSD), for the answers whose raw text is that canonical answer (so that the
+log-probs belong to its tokens; the others are counted and trained on CE only).
+Loss curves: reports/train/distill (dvc plots show).
 """
 
 from __future__ import annotations
@@ -37,11 +39,26 @@ def main() -> None:
     model, tokenizer = make_student(params.student, TEACHER, params.seed)
     kd_on = use_logit_kd(distill.kd, meta, tokenizer)
     examples = distillation_examples(task, tokenizer, accepted, LogProbReader(SYNTHETIC) if kd_on else None)
+    with_logprobs = sum("kd_ids" in example for example in examples)
+    if kd_on and with_logprobs < len(examples):
+        print(
+            f"{len(examples) - with_logprobs} of {len(examples)} teacher answers differ from their canonical answer "
+            "(reasoning, prose, a fence or spacing dropped by the answer parser): cross-entropy only for those"
+        )
     stats = train(model, tokenizer, examples, distill.train, params.seed, LIVE_DIR, kd=distill.kd if kd_on else None)
     with atomic_dir(OUT) as out:
         model.save_pretrained(out)
         tokenizer.save_pretrained(out)
-    write_json(METRICS, {**stats, "parameters": count_parameters(model), "examples": len(examples), "logit_kd": kd_on})
+    write_json(
+        METRICS,
+        {
+            **stats,
+            "parameters": count_parameters(model),
+            "examples": len(examples),
+            "logit_kd": kd_on,
+            "logit_kd_examples": with_logprobs,
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -2,9 +2,10 @@
 
     python -m stages.synthesize      (dvc repro synthesize)
 
-accepted.jsonl holds schema-valid answers, rejected.jsonl the others with the reason. A local teacher
-(bootstrap, hf) can also store its top-k log-probs per answer token (synthesize.logprobs_top_k). An endpoint
-teacher (openai) is asked concurrently through the response cache; usage and cost go to the metrics.
+accepted.jsonl holds the answers the answer parser accepts (slmops.core.answers), rejected.jsonl the others with
+the reason and its kind (content_filter, length, no_json, schema, ...; counted in reports/synthesize.json).
+A local teacher (bootstrap, hf) can also store its top-k log-probs per answer token (synthesize.logprobs_top_k).
+An endpoint teacher (openai) is asked concurrently through the response cache; usage and cost go to the metrics.
 With synthesize.mode generate_and_label the teacher first writes new prompts from seed examples.
 """
 
@@ -33,7 +34,8 @@ def main() -> None:
     accepted, rejected, label_stats = teacher.label(task, prompts, params.synthesize.generation)
     if not accepted:
         raise InputError(
-            f"the teacher produced no schema-valid answer for {len(rejected)} prompts; "
+            f"the teacher produced no valid answer for {len(rejected)} prompts "
+            f"({', '.join(f'{n} x {kind}' for kind, n in label_stats['rejected_by'].items())}); "
             f"first reason: {rejected[0]['reason']}"
         )
     with atomic_dir(OUT) as out:

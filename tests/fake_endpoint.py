@@ -2,7 +2,9 @@
 
 It labels support messages it knows (message -> label) with the canonical JSON answer, writes prompts for
 self-instruct requests, and, per (message, attempt), can answer 429 with Retry-After, 500, too slowly,
-with a malformed body, or drop the connection.
+with a malformed body, or drop the connection; or answer 200 the way real teachers do (STYLES): withheld or
+flagged by Azure's content filter, after a <think> block, with the text in reasoning_content only, in a fence
+between prose, cut at max_tokens, or with text after the JSON.
 """
 
 from __future__ import annotations
@@ -17,7 +19,27 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from slmops.core.task import render_answer
 
-FAULTS = ("429", "500", "400", "slow", "malformed", "garbage", "drop")
+FAULTS = ("429", "500", "400", "400_content_filter", "slow", "malformed", "garbage", "drop")
+STYLES = ("content_filter", "content_filter_full", "think", "reasoning_only", "fenced", "length", "trailing")
+
+
+def styled(style: str, answer: str) -> tuple[str | None, str, dict]:
+    """(content, finish_reason, extra message fields) of a 200 answer in `style` ("ok": the bare answer)."""
+    if style == "content_filter":  # Azure: the completion was filtered, nothing is returned
+        return None, "content_filter", {}
+    if style == "content_filter_full":  # Azure: flagged, yet the text is there
+        return answer, "content_filter", {}
+    if style == "think":
+        return f"<think>\nThe customer asks about an order; I pick the intent.\n</think>\n\n{answer}", "stop", {}
+    if style == "reasoning_only":  # vLLM's reasoning parser put everything in reasoning_content
+        return None, "stop", {"reasoning_content": f"Let me think. The answer is {answer}"}
+    if style == "fenced":
+        return f"Here is the classification:\n\n```json\n{answer}\n```\n\nLet me know if you need more.", "stop", {}
+    if style == "length":
+        return answer[: len(answer) // 2], "length", {}
+    if style == "trailing":
+        return f"{answer}\n\nThe urgency follows from the tone of the message.", "stop", {}
+    return answer, "stop", {}
 
 
 class FakeTeacher:
@@ -96,6 +118,9 @@ class FakeTeacher:
                     return self._send(429, b'{"error": {"message": "rate limited"}}', {"Retry-After": "1"})
                 if fault == "400":
                     return self._send(400, b'{"error": {"message": "response_format json_object is not supported"}}')
+                if fault == "400_content_filter":  # Azure's answer when the prompt itself is filtered
+                    error = {"code": "content_filter", "message": "The response was filtered", "status": 400}
+                    return self._send(400, json.dumps({"error": error}).encode())
                 if fault == "500":
                     return self._send(500, b'{"error": {"message": "internal error"}}')
                 if fault == "malformed":
@@ -116,19 +141,23 @@ class FakeTeacher:
                     teacher.release.wait()
                     self.close_connection = True
                     return None
-                content = teacher.answer(body["messages"])
+                content, finish_reason, extra = styled(fault, teacher.answer(body["messages"]))
                 completion = {
                     "id": "chatcmpl-fake",
                     "object": "chat.completion",
                     "created": 0,
                     "model": teacher.served_model,
                     "choices": [
-                        {"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": content}}
+                        {
+                            "index": 0,
+                            "finish_reason": finish_reason,
+                            "message": {"role": "assistant", "content": content, **extra},
+                        }
                     ],
                     "usage": {
                         "prompt_tokens": len(json.dumps(body["messages"])) // 4,
-                        "completion_tokens": len(content) // 4 + 1,
-                        "total_tokens": len(json.dumps(body["messages"])) // 4 + len(content) // 4 + 1,
+                        "completion_tokens": len(content or "") // 4 + 1,
+                        "total_tokens": len(json.dumps(body["messages"])) // 4 + len(content or "") // 4 + 1,
                     },
                 }
                 with teacher._lock:

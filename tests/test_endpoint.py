@@ -2,6 +2,7 @@
 `slmops serve`. Library calls in-process; the teacher, endpoint and synthesize stages as subprocesses."""
 
 import json
+import re
 import shutil
 import signal
 import subprocess
@@ -17,6 +18,7 @@ from fake_endpoint import FakeTeacher
 
 from slmops.core.config import GenerationSettings
 from slmops.core.errors import InputError
+from slmops.core.task import render_answer
 from slmops.teacher.endpoint import (
     Endpoint,
     ResponseCache,
@@ -24,9 +26,9 @@ from slmops.teacher.endpoint import (
     cache_key,
     check_success_ratio,
     complete_all,
+    parse_reply,
     probe,
     public_url,
-    unfence,
 )
 from slmops.teacher.selfinstruct import drop_near_duplicates, parse_written
 
@@ -269,9 +271,62 @@ def test_written_prompts_are_asked_for_with_seed_examples_and_deduplicated():
     assert again == asked  # same seed, same questions: a rerun hits the cache
 
 
-def test_unfence_strips_a_markdown_code_fence():
-    assert unfence('```json\n{"a": 1}\n```') == '{"a": 1}'
-    assert unfence(' {"a": 1} ') == '{"a": 1}'
+def test_a_filtered_or_reasoning_only_answer_is_a_reply_not_retried(teacher, task, rows, tmp_path):
+    styles = {0: "content_filter", 1: "content_filter_full", 2: "reasoning_only", 3: "think", 4: "length"}
+    for index, style in styles.items():
+        teacher.faults[rows[index]["message"]] = [style]
+    usage = Usage()
+    replies, failures = complete_all(
+        endpoint_for(teacher),
+        GenerationSettings.greedy(64).openai_kwargs(),
+        chats(task, rows[:6]),
+        default("synthesize.requests", max_retries=3, cache=str(tmp_path / "c.sqlite")),
+        usage,
+    )
+    assert failures == [None] * 6
+    assert [teacher.attempts[r["message"]] for r in rows[:6]] == [1] * 6 and usage.retries == 0
+    assert [r["finish_reason"] for r in replies] == [
+        "content_filter",
+        "content_filter",
+        "stop",
+        "stop",
+        "length",
+        "stop",
+    ]
+    assert replies[0]["content"] is None and replies[2]["content"] is None
+    assert replies[2]["reasoning_content"].startswith("Let me think.")
+    assert (
+        usage.content_filtered == 2
+        and usage.summary({"prompt_per_million": 0, "completion_per_million": 0})["content_filtered"] == 2
+    )
+
+
+def test_reply_bodies_that_are_not_chat_completions_are_bad_responses():
+    from slmops.teacher.endpoint import BadResponse
+
+    ok = {"choices": [{"finish_reason": "stop", "message": {"content": "x", "reasoning": "why"}}], "model": "m"}
+    assert parse_reply(json.dumps(ok))["reasoning_content"] == "why"  # Ollama's and OpenRouter's name for it
+    for body, reason in [
+        ('{"choices": []}', "malformed response body (IndexError)"),
+        ('{"choices": [{"message": {}}]}', "malformed response body (KeyError)"),
+        ('{"choices": [{"message": {"content": [{"type": "text"}]}}]}', "message content is a list, not text"),
+    ]:
+        with pytest.raises(BadResponse, match=re.escape(reason)):
+            parse_reply(body)
+
+
+def test_a_prompt_the_content_filter_refuses_is_named_and_not_retried(teacher, task, rows, tmp_path):
+    teacher.faults[rows[0]["message"]] = ["400_content_filter"]
+    usage = Usage()
+    _, failures = complete_all(
+        endpoint_for(teacher),
+        GenerationSettings.greedy(64).openai_kwargs(),
+        chats(task, rows[:2]),
+        default("synthesize.requests", cache=str(tmp_path / "c.sqlite")),
+        usage,
+    )
+    assert failures == ["content filter: the endpoint filtered the prompt (HTTP 400 content_filter)", None]
+    assert teacher.attempts[rows[0]["message"]] == 1
 
 
 # ---- the stages, as DVC runs them ----
@@ -346,6 +401,34 @@ def test_stages_record_identity_label_and_account_usage(project, teacher, rows):
     usage = json.loads((project / "reports/synthesize.json").read_text())["usage"]
     assert usage["requests"] == 0 and usage["cache_hits"] == 60 and usage["cost_usd"] == 0
     assert usage["dataset_cost_usd"] == pytest.approx(expected)
+
+
+def test_real_teacher_answers_are_labelled_or_rejected_with_their_reason(project, teacher, rows):
+    """Through the stages: each style of answer real teachers send, the reason rejected.jsonl records, one
+    request each (a filtered or reasoning-only answer is not asked again), and the counts in the stats."""
+    styles = ["content_filter", "content_filter_full", "reasoning_only", "length", "think", "fenced", "trailing"]
+    for row, style in zip(rows, styles, strict=False):
+        teacher.faults[row["message"]] = [style]
+    endpoint_params(project, teacher, rows[:10])
+    run_openai_stages(project)
+
+    accepted = [json.loads(line) for line in (project / "data/synthetic/accepted.jsonl").read_text().splitlines()]
+    assert [a["message"] for a in accepted] == [r["message"] for r in rows[4:10]]
+    assert [a["label"] for a in accepted] == [r["label"] for r in rows[4:10]]
+    assert accepted[0]["answer"].startswith("<think>")  # the teacher's raw text, as it came
+    rejected = [json.loads(line) for line in (project / "data/synthetic/rejected.jsonl").read_text().splitlines()]
+    filtered = "content filter: the endpoint filtered this answer (finish_reason content_filter)"
+    reasoning = len(f"Let me think. The answer is {render_answer(rows[2]['label'])}")  # what the fake sends
+    assert [(r["message"], r["kind"], r["reason"]) for r in rejected] == [
+        (rows[0]["message"], "content_filter", filtered),
+        (rows[1]["message"], "content_filter", filtered),
+        (rows[2]["message"], "empty", f"no answer: content is null (reasoning_content holds {reasoning} characters)"),
+        (rows[3]["message"], "length", "cut at 64 tokens (finish_reason length)"),
+    ]
+    assert [teacher.attempts[r["message"]] for r in rows[:10]] == [1] * 10
+    stats = json.loads((project / "reports/synthesize.json").read_text())
+    assert stats["rejected_by"] == {"content_filter": 2, "empty": 1, "length": 1}
+    assert stats["usage"]["content_filtered"] == 2 and stats["usage"]["retries"] == 0
 
 
 def test_below_the_success_ratio_the_stage_fails_naming_counts_and_reasons(project, teacher, rows):

@@ -7,6 +7,7 @@ from conftest import ROOT, default, run_stage
 
 from slmops.eval.benchmark import Timing, measure, summarize
 from slmops.eval.evaluate import metrics, plot_rows, retention, score_onnx, score_torch, size_on_disk
+from slmops.models.generate import generate_answers
 from slmops.models.hf import load_model_and_tokenizer
 from slmops.onnx.runtime import OnnxChatModel, TimedAnswer
 from slmops.report.run import render
@@ -15,38 +16,42 @@ GOLD = {"intent": "cancel_order", "order_id": "ORD-12", "product": "laptop", "ur
 
 
 class ScriptedModel:
-    """Answers with fixed texts, in order, like OnnxChatModel.answer."""
+    """Answers with fixed texts, in order, like OnnxChatModel.answer; a (text, False) pair was cut."""
 
     def __init__(self, texts):
         self.texts = iter(texts)
 
     def answer(self, messages, max_new_tokens, search_options=None):
-        return TimedAnswer(next(self.texts), 10, 0.01, 0.001)
+        text = next(self.texts)
+        text, finished = text if isinstance(text, tuple) else (text, True)
+        return TimedAnswer(text, 10, 0.01, 0.001, finished)
 
 
 def test_accuracy_figures_match_hand_computed_values(task):
-    rows = [{"id": str(i), "message": f"message {i}", "label": GOLD} for i in range(4)]
+    rows = [{"id": str(i), "message": f"message {i}", "label": GOLD} for i in range(6)]
     answers = [
         json.dumps(GOLD),  # exact
         json.dumps({**GOLD, "urgency": "high"}),  # valid, 4 of 5 fields
         "this is not JSON",  # invalid
         json.dumps({"intent": "cancel_order"}),  # JSON, but misses required keys
+        f"<think>cancel</think>\nSure:\n```json\n{json.dumps(GOLD)}\n```",  # exact: the parser finds it
+        (json.dumps(GOLD), False),  # cut at max_new_tokens: no answer, though the text parses
     ]
     figures, predictions = score_onnx(
         ScriptedModel(answers), task, rows, default("evaluate.generation", max_new_tokens=16), "scripted"
     )
-    assert figures["exact_match"] == 1 / 4
-    assert figures["json_valid"] == 3 / 4
-    assert figures["schema_valid"] == 2 / 4
+    assert figures["exact_match"] == 2 / 6
+    assert figures["json_valid"] == 4 / 6
+    assert figures["schema_valid"] == 3 / 6
     assert figures["field_accuracy"] == {
-        "intent": 3 / 4,
-        "order_id": 2 / 4,
-        "product": 2 / 4,
-        "urgency": 1 / 4,
-        "sentiment": 2 / 4,
+        "intent": 4 / 6,
+        "order_id": 3 / 6,
+        "product": 3 / 6,
+        "urgency": 2 / 6,
+        "sentiment": 3 / 6,
     }
-    assert figures["n"] == 4
-    assert [p["answer"] for p in predictions] == answers and predictions[2]["id"] == "2"
+    assert figures["n"] == 6
+    assert [p["answer"] for p in predictions] == answers[:5] + [json.dumps(GOLD)] and predictions[2]["id"] == "2"
 
 
 def test_speed_summary_is_hand_computable():
@@ -131,6 +136,11 @@ def test_onnx_fp32_answers_like_pytorch(task, tiny_hf_dir, tiny_onnx):
     onnx_figures, onnx_predictions = score_onnx(OnnxChatModel(tiny_onnx["fp32"]), task, rows, settings, "o")
     assert [p["answer"] for p in onnx_predictions] == [p["answer"] for p in torch_predictions]
     assert torch_figures["parameters"] > 0
+    chats = [task.messages(r["message"]) for r in rows]
+    for limit in (2, 40):  # cut and, for some rows at least, finished: the same verdict from both runtimes
+        torch_finished = [a.finished for a in generate_answers(model, tokenizer, chats, settings.greedy(limit))]
+        onnx_finished = [OnnxChatModel(tiny_onnx["fp32"]).answer(chat, limit).finished for chat in chats]
+        assert onnx_finished == torch_finished
 
 
 def test_eval_command_scores_a_pytorch_and_an_onnx_folder(project, tiny_hf_dir, tiny_onnx, capsys):
@@ -178,3 +188,25 @@ def test_evaluate_stage_rejects_bad_speed_params(project, text, expected):
     (project / "params.yaml").write_text(params.replace(text, text.split(":")[0] + ": -1"))
     result = run_stage(project, "evaluate")
     assert result.returncode == 2 and expected in result.stderr
+
+
+def test_an_endpoint_teacher_is_scored_through_the_same_parser(task, tmp_path):
+    from fake_endpoint import FakeTeacher
+
+    from slmops.eval.evaluate import EndpointVariant, Workload
+    from slmops.teacher.endpoint import Endpoint
+
+    rows = [json.loads(line) for line in (ROOT / "data/eval/eval.jsonl").read_text().splitlines()[:6]]
+    server = FakeTeacher({r["message"]: r["label"] for r in rows})
+    styles = ["think", "fenced", "trailing", "content_filter", "length", "reasoning_only"]
+    for row, style in zip(rows, styles, strict=True):
+        server.faults[row["message"]] = [style]
+    try:
+        endpoint = Endpoint(base_url=server.url, model="m", auth="none", served_model="fake-teacher-2026-01")
+        requests = default("synthesize.requests", cache=str(tmp_path / "c.sqlite"))
+        work = Workload(task, rows, default("evaluate.generation"), 0, [task.messages(rows[0]["message"])], 0)
+        result = EndpointVariant("teacher", endpoint, requests, None).evaluate(work)
+    finally:
+        server.close()
+    assert result.figures["exact_match"] == 3 / 6 and result.figures["json_valid"] == 3 / 6
+    assert result.predictions[3]["answer"] == "" and result.predictions[0]["answer"].startswith("<think>")

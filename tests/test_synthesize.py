@@ -47,10 +47,11 @@ def test_malformed_teacher_answers_are_rejected_with_reasons(monkeypatch, tokeni
     accepted, rejected, stats = teacher.label(task, prompts, default("synthesize.generation", max_new_tokens=40))
     assert [r["id"] for r in accepted] == ["p0"] and accepted[0]["label"] == GOOD
     reasons = {r["id"]: r["reason"] for r in rejected}
-    assert reasons["p1"].startswith("not valid JSON")
+    assert reasons["p1"].startswith("no JSON found (Expecting ',' delimiter")
     assert reasons["p2"].startswith("schema: urgency: 'now' is not one of")
-    assert reasons["p3"] == "no end token within 40 new tokens"
+    assert reasons["p3"] == "cut at 40 tokens (finish_reason length)"
     assert stats["accepted"] == 1 and stats["rejected"] == 3 and stats["reject_rate"] == 0.75
+    assert stats["rejected_by"] == {"no_json": 1, "schema": 1, "length": 1}
 
     teacher.save(tmp_path, accepted, rejected)
     rows = [json.loads(line) for line in (tmp_path / "accepted.jsonl").read_text().splitlines()]
@@ -66,6 +67,76 @@ def test_malformed_teacher_answers_are_rejected_with_reasons(monkeypatch, tokeni
     answer_positions = [i for i, label in enumerate(examples[0]["labels"]) if label != IGNORE]
     assert [examples[0]["input_ids"][i] for i in answer_positions] == tokens
     assert examples[0]["kd_ids"][answer_positions].tolist() == topk_ids.tolist()
+
+
+def test_a_local_teacher_reads_fenced_and_reasoning_answers_like_an_endpoint_one(
+    monkeypatch, tokenizer, task, tmp_path
+):
+    """An hf teacher's fenced answer or <think> block is a label; the student learns the canonical answer, with
+    the teacher's log-probs only where the teacher wrote exactly that (elsewhere they belong to other tokens)."""
+    canonical = render_answer(GOOD)
+    texts = [
+        canonical,
+        f"```json\n{canonical}\n```",
+        f"<think>order status, calm</think>\n{canonical}",
+        f"Sure! {canonical} Anything else?",
+        json.dumps(GOOD, separators=(",", ":")),  # the same object, other spacing
+        "<think>order status, calm",  # cut while reasoning
+    ]
+    answers = fake_answers(tokenizer, texts)
+    answers[5].finished = False
+    monkeypatch.setattr(synthesize, "generate_answers", lambda *a, **k: answers)
+    prompts = [{"id": f"p{i}", "message": f"where is my laptop, message {i}"} for i in range(6)]
+    teacher = synthesize.LocalTeacher(None, tokenizer, {"backend": "hf"}, seed=0, logprobs_top_k=3)
+    accepted, rejected, stats = teacher.label(task, prompts, default("synthesize.generation", max_new_tokens=40))
+    assert [r["label"] for r in accepted] == [GOOD] * 5
+    assert [r["answer"] for r in accepted] == texts[:5]  # what the teacher wrote, kept as written
+    assert (
+        rejected[0]["reason"] == "cut at 40 tokens while reasoning (a <think> block left open) (finish_reason length)"
+    )
+    assert stats["rejected_by"] == {"length": 1}
+
+    teacher.save(tmp_path, accepted, rejected)
+    rows = [json.loads(line) for line in (tmp_path / "accepted.jsonl").read_text().splitlines()]
+    examples = distillation_examples(task, tokenizer, rows, LogProbReader(tmp_path))
+    assert ["kd_ids" in ex for ex in examples] == [True, False, False, False, False]
+    canonical_only = distillation_examples(task, tokenizer, rows, None)
+    for with_store, without in zip(examples[1:], canonical_only[1:], strict=True):
+        assert with_store["input_ids"] == without["input_ids"]  # the canonical answer, re-tokenised
+    answer_ids = [
+        t for t, label in zip(examples[1]["input_ids"], examples[1]["labels"], strict=True) if label != IGNORE
+    ]
+    assert tokenizer.decode(answer_ids, skip_special_tokens=True).strip() == canonical
+
+
+def test_a_batch_mixing_examples_with_and_without_logprobs_masks_kd_to_those_with(tokenizer, task, tiny_model):
+    import torch
+
+    from slmops.train.data import Collator, attach_teacher_logprobs, encode_chat
+    from slmops.train.trainer import DistillationTrainer
+
+    chat = task.messages("where is my laptop", render_answer(GOOD))
+    plain = encode_chat(tokenizer, chat)
+    answer_len = sum(label != IGNORE for label in plain["labels"])
+    ids = np.tile(np.arange(3, dtype=np.int32), (answer_len, 1))
+    with_kd = attach_teacher_logprobs(plain, ids, np.full((answer_len, 3), -1.1, dtype=np.float32))
+    batch = Collator(tokenizer.pad_token_id)([plain, with_kd])
+    assert batch["kd_mask"][0].sum() == 0 and batch["kd_mask"][1].sum() == answer_len
+    assert torch.equal(batch["kd_mask"][1], batch["labels"][1] != IGNORE)
+
+    def loss_of(inputs, alpha):
+        trainer = DistillationTrainer.__new__(DistillationTrainer)
+        trainer.kd = default("distill.kd", alpha=alpha)
+        return trainer.compute_loss(tiny_model, {k: v.clone() for k, v in inputs.items()}).item()
+
+    mixed = loss_of(batch, 0.5)
+    alone = {k: v[1:] for k, v in batch.items()}  # the KD term averages over the same positions alone
+    ce_both = loss_of({k: v for k, v in batch.items() if not k.startswith("kd_")}, 0.5)
+    ce_alone = loss_of({k: v for k, v in alone.items() if not k.startswith("kd_")}, 0.5)
+    kd_term = (loss_of(alone, 0.5) - 0.5 * ce_alone) / (0.5 * 4.0)
+    assert mixed == pytest.approx(0.5 * ce_both + 0.5 * 4.0 * kd_term, rel=1e-5)
+    without_any = Collator(tokenizer.pad_token_id)([plain, plain])
+    assert "kd_mask" not in without_any and loss_of(without_any, 0.5) == pytest.approx(ce_both, rel=1e-6)
 
 
 def test_batched_generation_with_logprobs(tiny_model, tokenizer, task):

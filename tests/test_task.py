@@ -4,8 +4,9 @@ import sys
 import pytest
 from conftest import ROOT
 
+from slmops.core.answers import parse_answer
 from slmops.core.errors import InputError
-from slmops.core.task import check_answer, load_task, read_labelled, render_answer, score
+from slmops.core.task import load_task, read_labelled, render_answer, score
 
 GOLD = {
     "intent": "refund_request",
@@ -16,29 +17,6 @@ GOLD = {
 }
 
 
-def test_valid_answer_is_accepted(task):
-    answer, reason = check_answer(task, render_answer(GOLD))
-    assert answer == GOLD and reason is None
-
-
-@pytest.mark.parametrize(
-    "text, expected",
-    [
-        ('{"intent": "refund_request"', "not valid JSON"),
-        ("refund please", "not valid JSON"),
-        (json.dumps({**GOLD, "intent": "hug"}), "schema: intent: 'hug' is not one of"),
-        (json.dumps({**GOLD, "order_id": "48"}), "schema: order_id: '48' does not match"),
-        (json.dumps({k: v for k, v in GOLD.items() if k != "urgency"}), "'urgency' is a required property"),
-        (json.dumps({**GOLD, "extra": 1}), "Additional properties are not allowed"),
-        ("[1, 2]", "schema: (root): [1, 2] is not of type 'object'"),
-    ],
-)
-def test_malformed_answers_are_rejected_with_a_reason(task, text, expected):
-    answer, reason = check_answer(task, text)
-    assert answer is None
-    assert expected in reason
-
-
 def test_score_against_hand_computed_figures(task):
     labels = [GOLD, GOLD, GOLD, GOLD]
     predictions = [
@@ -47,7 +25,7 @@ def test_score_against_hand_computed_figures(task):
         render_answer({**GOLD, "order_id": "ord-48", "urgency": "low"}),  # order_id is case-sensitive: 3/5 fields
         "not json",  # 0/5 fields
     ]
-    figures = score(task, predictions, labels)
+    figures = score(task, [parse_answer(task, p) for p in predictions], labels)
     assert figures["exact_match"] == 0.5
     assert figures["json_valid"] == 0.75
     assert figures["schema_valid"] == 0.25  # "HEADPHONES " is not in the enum, "ord-48" breaks the pattern
@@ -61,9 +39,22 @@ def test_score_against_hand_computed_figures(task):
     assert figures["n"] == 4
 
 
+def test_score_reads_answers_as_the_parser_does(task):
+    answer = render_answer(GOLD)
+    parsed = [
+        parse_answer(task, f"<think>refund</think>\nSure:\n```json\n{answer}\n```"),  # exact
+        parse_answer(task, answer, "length", max_tokens=64),  # cut: no answer, even though it parses
+        parse_answer(task, None, "content_filter"),  # filtered: no answer
+        parse_answer(task, render_answer({**GOLD, "urgency": "now"})),  # JSON, off-schema, 4/5 fields
+    ]
+    figures = score(task, parsed, [GOLD] * 4)
+    assert figures["exact_match"] == 0.25 and figures["json_valid"] == 0.5 and figures["schema_valid"] == 0.25
+    assert figures["field_accuracy"]["urgency"] == 0.25 and figures["field_accuracy"]["intent"] == 0.5
+
+
 def test_score_rejects_mismatched_lengths(task):
     with pytest.raises(ValueError, match="2 predictions for 1 labels"):
-        score(task, ["{}", "{}"], [GOLD])
+        score(task, [parse_answer(task, "{}")] * 2, [GOLD])
 
 
 def test_labelled_file_with_a_bad_label_names_the_record(task, tmp_path):
@@ -96,7 +87,7 @@ def test_score_compares_integer_and_list_fields_by_type_and_order():
         render_answer({**MEETING, "invitees": ["Ben", "Ana"]}),  # the order is asked for: 4/5 fields
         render_answer({**MEETING, "invitees": []}),  # 4/5 fields
     ]
-    figures = score(meetings, predictions, [MEETING] * 5)
+    figures = score(meetings, [parse_answer(meetings, p) for p in predictions], [MEETING] * 5)
     assert figures["exact_match"] == 0.2
     assert figures["schema_valid"] == 0.4  # "ana" and " Ben" are not in the enum; true and "1" are not integers
     assert figures["field_accuracy"] == {"action": 1.0, "room": 1.0, "day": 1.0, "attendees": 0.6, "invitees": 0.6}

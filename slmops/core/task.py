@@ -5,11 +5,15 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import jsonschema
 import yaml
 
 from slmops.core.errors import InputError
+
+if TYPE_CHECKING:
+    from slmops.core.answers import Parsed
 
 
 @dataclass(frozen=True)
@@ -66,16 +70,6 @@ def schema_error(task: Task, value) -> str | None:
     return f"{where}: {errors[0].message}"
 
 
-def check_answer(task: Task, text: str) -> tuple[dict | None, str | None]:
-    """Parse and validate one model answer. Returns (answer, None) or (None, reason)."""
-    try:
-        answer = json.loads(text)
-    except json.JSONDecodeError as err:
-        return None, f"not valid JSON: {err.msg} at column {err.colno}"
-    problem = schema_error(task, answer)
-    return (None, f"schema: {problem}") if problem else (answer, None)
-
-
 def _normalise(task: Task, field: str, value):
     """A value as scored: strings stripped (lower-cased for case-insensitive fields), list items alike and in
     order; a boolean kept apart from the numbers it equals in Python (true is not 1)."""
@@ -89,21 +83,17 @@ def _normalise(task: Task, field: str, value):
     return value
 
 
-def score(task: Task, predictions: list[str], labels: list[dict]) -> dict:
-    """Accuracy figures for model answers against gold labels (fractions in [0, 1])."""
-    if len(predictions) != len(labels):
-        raise ValueError(f"{len(predictions)} predictions for {len(labels)} labels")
+def score(task: Task, answers: list[Parsed], labels: list[dict]) -> dict:
+    """Accuracy figures (fractions in [0, 1]) of answers read by slmops.core.answers.parse_answer against gold
+    labels: json_valid counts answers holding a JSON value, schema_valid those whose value is a valid answer;
+    fields are compared on whatever object was found, valid or not."""
+    if len(answers) != len(labels):
+        raise ValueError(f"{len(answers)} predictions for {len(labels)} labels")
     n = len(labels)
-    json_valid = schema_valid = exact = 0
     field_hits = dict.fromkeys(task.fields, 0)
-    for text, gold in zip(predictions, labels, strict=False):
-        try:
-            parsed = json.loads(text)
-            json_valid += 1
-            schema_valid += schema_error(task, parsed) is None
-        except json.JSONDecodeError:
-            parsed = None
-        parsed = parsed if isinstance(parsed, dict) else {}
+    exact = 0
+    for answer, gold in zip(answers, labels, strict=True):
+        parsed = answer.value if answer.found and isinstance(answer.value, dict) else {}
         hits = {
             f: _normalise(task, f, parsed.get(f, "<missing>")) == _normalise(task, f, gold.get(f)) for f in task.fields
         }
@@ -112,8 +102,8 @@ def score(task: Task, predictions: list[str], labels: list[dict]) -> dict:
             field_hits[f] += hit
     return {
         "exact_match": exact / n,
-        "json_valid": json_valid / n,
-        "schema_valid": schema_valid / n,
+        "json_valid": sum(a.found for a in answers) / n,
+        "schema_valid": sum(a.label is not None for a in answers) / n,
         "field_accuracy": {f: hits / n for f, hits in field_hits.items()},
         "n": n,
     }

@@ -1,6 +1,9 @@
 """Score model variants on the held-out eval set, and turn per-variant figures into DVC metrics.
 
-Accuracy: exact match, per-field accuracy, JSON-valid and schema-valid rates (slmops.core.task.score).
+Accuracy: exact match, per-field accuracy, JSON-valid and schema-valid rates (slmops.core.task.score) of the answers
+as the one answer parser reads them (slmops.core.answers.parse_answer), the same way for every variant: reasoning
+dropped, the JSON found in prose or a fence, and an answer cut at evaluate.generation.max_new_tokens (or filtered by
+an endpoint's content filter) holding no answer.
 Speed and memory come from slmops.eval.benchmark; size on disk and parameter count from the model folders.
 """
 
@@ -11,6 +14,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from slmops.core.answers import Parsed, local_finish_reason, parse_answer
 from slmops.core.config import GenerationSettings, Requests
 from slmops.core.metrics import HEADLINE as HEADLINE_METRICS
 from slmops.core.task import Task, score
@@ -18,7 +22,7 @@ from slmops.eval.benchmark import latency_percentiles, measure
 from slmops.models.generate import generate_answers
 from slmops.models.hf import count_parameters, load_model_and_tokenizer
 from slmops.onnx.runtime import OnnxChatModel
-from slmops.teacher.endpoint import Endpoint, Usage, complete_enough, time_requests, unfence
+from slmops.teacher.endpoint import Endpoint, Usage, complete_enough, time_requests
 from slmops.teacher.local import load_teacher
 
 # Headline figures (slmops.core.metrics), flat so that `dvc metrics diff` reads well; the shipped model's.
@@ -38,18 +42,24 @@ def score_torch(model, tokenizer, task: Task, rows: list[dict], settings: Genera
         model, tokenizer, [task.messages(r["message"]) for r in rows], settings, seed, progress=f"evaluating {name}"
     )
     texts = [a.text for a in answers]
-    figures = score(task, texts, [r["label"] for r in rows])
+    parsed = [
+        parse_answer(task, a.text, local_finish_reason(a.finished), max_tokens=settings.max_new_tokens) for a in answers
+    ]
+    figures = score(task, parsed, [r["label"] for r in rows])
     figures["parameters"] = count_parameters(model)
     return figures, _predictions(rows, texts)
 
 
 def score_onnx(model: OnnxChatModel, task: Task, rows: list[dict], settings: GenerationSettings, name: str):
     """(figures, predictions) of an onnxruntime-genai model on labelled rows, one request at a time."""
-    texts = [
-        model.answer(task.messages(r["message"]), settings.max_new_tokens, settings.genai_search_options()).text
+    answers = [
+        model.answer(task.messages(r["message"]), settings.max_new_tokens, settings.genai_search_options())
         for r in tqdm(rows, desc=f"evaluating {name}", unit="prompt")
     ]
-    return score(task, texts, [r["label"] for r in rows]), _predictions(rows, texts)
+    parsed = [
+        parse_answer(task, a.text, local_finish_reason(a.finished), max_tokens=settings.max_new_tokens) for a in answers
+    ]
+    return score(task, parsed, [r["label"] for r in rows]), _predictions(rows, [a.text for a in answers])
 
 
 @dataclass
@@ -137,13 +147,19 @@ class EndpointVariant:
         body = work.settings.openai_kwargs(work.seed, self.response_format)
         chats = [work.task.messages(r["message"]) for r in work.rows]
         replies, _ = complete_enough(self.endpoint, body, chats, self.requests, Usage(), "evaluating teacher")
-        texts = [unfence(reply["content"]) if reply else "" for reply in replies]
+        parsed = [
+            parse_answer(work.task, r["content"], r["finish_reason"], r.get("reasoning_content"), body["max_tokens"])
+            if r
+            else Parsed(found=False, reason="request failed", kind="request_failed")
+            for r in replies
+        ]
+        texts = [(r["content"] or "") if r else "" for r in replies]
         latencies = [s * 1000 for s in time_requests(self.endpoint, body, work.timed_chats, self.requests)][
             work.warmup :
         ]
         figures = {
             "runtime": f"endpoint {self.endpoint.model}",
-            **score(work.task, texts, [r["label"] for r in work.rows]),
+            **score(work.task, parsed, [r["label"] for r in work.rows]),
             **latency_percentiles(latencies),
             "requests": len(latencies),
             "ttft_p50_ms": None,

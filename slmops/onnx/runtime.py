@@ -23,6 +23,7 @@ class TimedAnswer:
     tokens: int
     seconds: float
     first_token_seconds: float
+    finished: bool  # the model wrote an end token (not cut at max_new_tokens or the context length)
 
 
 class OnnxChatModel:
@@ -73,15 +74,21 @@ class OnnxChatModel:
             yield decoder.decode(token)
 
     def answer(self, messages: list[dict], max_new_tokens: int, search_options: dict | None = None) -> TimedAnswer:
-        """The whole answer, with its token count, wall time and time to first token (seconds)."""
+        """The whole answer, with its token count, wall time and time to first token (seconds), and whether it
+        ended with an end token."""
         start = time.perf_counter()
+        prompt = self.prompt_tokens(messages)
         first = None
         pieces = []
-        for piece in self.stream(messages, max_new_tokens, search_options):
+        for piece in self.stream(messages, max_new_tokens, search_options, prompt):
             first = first if first is not None else time.perf_counter() - start
             pieces.append(piece)
         seconds = time.perf_counter() - start
-        return TimedAnswer("".join(pieces).strip(), len(pieces), seconds, first if first is not None else seconds)
+        # stream stops at an end token (not yielded) or when no room is left: a full allowance means cut
+        room = min(len(prompt) + max_new_tokens, self.context_length) - len(prompt)
+        return TimedAnswer(
+            "".join(pieces).strip(), len(pieces), seconds, first if first is not None else seconds, len(pieces) < room
+        )
 
     def next_token_logits(self, prompt: list[int], continuation: list[int]) -> np.ndarray:
         """Logits predicting each token of `continuation` (teacher-forced), shape (len(continuation), vocab)."""

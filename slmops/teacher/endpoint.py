@@ -14,7 +14,6 @@ import hashlib
 import json
 import os
 import random
-import re
 import sqlite3
 import time
 from collections import Counter
@@ -160,6 +159,7 @@ class Usage:
     completion_tokens: int = 0
     dataset_prompt_tokens: int = 0  # of every answer used, cached or not: what the dataset costs from scratch
     dataset_completion_tokens: int = 0
+    content_filtered: int = 0  # of every answer used, cached or not: finish_reason content_filter (never a label)
     failure_reasons: Counter = field(default_factory=Counter)
 
     @property
@@ -174,6 +174,7 @@ class Usage:
 
     def record_used(self, replies: list[dict | None]) -> None:
         for reply in filter(None, replies):
+            self.content_filtered += reply["finish_reason"] == "content_filter"
             self.dataset_prompt_tokens += reply["prompt_tokens"]
             self.dataset_completion_tokens += reply["completion_tokens"]
 
@@ -196,15 +197,21 @@ class Usage:
 
 
 class BadResponse(Exception):
-    """A 200 answer that is not a chat completion (garbage body, no choices, no content)."""
+    """A 200 answer that is not a chat completion (garbage body, no choices, no message)."""
 
 
 def parse_reply(body: str) -> dict:
-    """The parts of a chat-completions response body we keep; BadResponse when it is not one."""
+    """The parts of a chat-completions response body we keep; BadResponse when it is not one.
+
+    A message whose `content` is null is a reply, not a bad response: a content filter withheld it
+    (finish_reason content_filter) or the model only reasoned; asking again would get the same, so it is kept
+    and slmops.core.answers.parse_answer says why it holds no answer. `reasoning_content` (DeepSeek, vLLM) or
+    `reasoning` (Ollama, OpenRouter) is kept apart from the content; it is never part of the answer."""
     try:
         completion = json.loads(body)
         choice = completion["choices"][0]
-        content = choice["message"]["content"]
+        message = choice["message"]
+        content = message["content"]
         usage = completion.get("usage") or {}
         reply = {
             "content": content,
@@ -213,26 +220,21 @@ def parse_reply(body: str) -> dict:
             "prompt_tokens": int(usage.get("prompt_tokens") or 0),
             "completion_tokens": int(usage.get("completion_tokens") or 0),
         }
+        reasoning = message.get("reasoning_content") or message.get("reasoning")
     except (ValueError, KeyError, IndexError, TypeError, AttributeError) as err:  # JSONDecodeError is a ValueError
         raise BadResponse(f"malformed response body ({type(err).__name__})") from None
-    if not isinstance(content, str):
-        raise BadResponse("response without message content")
+    if content is not None and not isinstance(content, str):
+        raise BadResponse(f"message content is a {type(content).__name__}, not text")
+    if isinstance(reasoning, str) and reasoning:
+        reply["reasoning_content"] = reasoning
     return reply
-
-
-_FENCE = re.compile(r"^```[a-zA-Z]*\s*(.*?)\s*```$", re.DOTALL)
-
-
-def unfence(text: str) -> str:
-    """The answer without a Markdown code fence around it (chat models often add one)."""
-    text = text.strip()
-    match = _FENCE.match(text)
-    return match.group(1) if match else text
 
 
 def describe_failure(err: Exception, timeout_s: float) -> str:
     """A short reason for the failure counts; never the request (or its key)."""
     if isinstance(err, openai.APIStatusError):
+        if err.code == "content_filter":  # Azure refused the prompt itself: asking again gets the same
+            return f"content filter: the endpoint filtered the prompt (HTTP {err.status_code} content_filter)"
         if err.status_code in (400, 404, 422):  # the request itself is wrong: the server's words say how
             said = err.body.get("message") if isinstance(err.body, dict) else None
             return f"HTTP {err.status_code}: {str(said or err.message)[:160]}"

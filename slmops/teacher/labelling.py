@@ -1,4 +1,10 @@
-"""The teacher labels prompts: it answers each, and each answer is checked against the task's answer schema.
+"""The teacher labels prompts: it answers each, and each answer is read by the one answer parser
+(slmops.core.answers.parse_answer: finish_reason, reasoning dropped, JSON found, schema checked).
+
+What the student learns from: an accepted row keeps the teacher's raw text (`answer`) and the object parsed from
+it (`label`); distillation trains on the canonical answer rendered from the label (slmops.core.task.render_answer),
+the same text fine-tuning trains on. The teacher's per-token log-probs are used only for rows whose raw text is
+that canonical answer (slmops.train.student.distillation_examples).
 
 Two teachers share one interface (`answer`, `label`, `save`): a local model in PyTorch (bootstrap or hf
 backend), batched through its chat template and able to keep its top-k log-probs; and an endpoint
@@ -8,15 +14,17 @@ backend), batched through its chat template and able to keep its top-k log-probs
 from __future__ import annotations
 
 import time
+from collections import Counter
 from pathlib import Path
 
+from slmops.core.answers import Parsed, local_finish_reason, parse_answer, visible_text
 from slmops.core.config import Generate, GenerationSettings, Params
 from slmops.core.errors import InputError
 from slmops.core.files import write_json, write_jsonl
-from slmops.core.task import Task, check_answer, read_labelled
+from slmops.core.task import Task, read_labelled
 from slmops.models.generate import Answer, generate_answers
 from slmops.models.hf import tokenizer_fingerprint
-from slmops.teacher.endpoint import Endpoint, Usage, complete_enough, served_endpoint, unfence
+from slmops.teacher.endpoint import Endpoint, Usage, complete_enough, served_endpoint
 from slmops.teacher.local import load_teacher
 from slmops.teacher.selfinstruct import drop_near_duplicates, parse_written, writing_chats
 from slmops.train.logprobs import write_store
@@ -28,16 +36,18 @@ def _stats(prompts: list[dict], accepted: list[dict], rejected: list[dict], star
         "accepted": len(accepted),
         "rejected": len(rejected),
         "reject_rate": len(rejected) / len(prompts),
+        "rejected_by": dict(Counter(r["kind"] for r in rejected).most_common()),
         "timing": {"wall_seconds": round(time.perf_counter() - start, 2)},
     }
 
 
-def _sort(prompt: dict, text: str | None, label: dict | None, reason: str | None, accepted: list, rejected: list):
+def _sort(prompt: dict, text: str | None, parsed: Parsed, accepted: list, rejected: list) -> None:
+    """Append the row to accepted (with its label) or rejected (with the parser's reason and its kind)."""
     row = {"id": prompt.get("id"), "message": prompt["message"], "answer": text}
-    if label is None:
-        rejected.append({**row, "reason": reason})
+    if parsed.label is None:
+        rejected.append({**row, "reason": parsed.reason, "kind": parsed.kind})
     else:
-        accepted.append({**row, "label": label})
+        accepted.append({**row, "label": parsed.label})
 
 
 class LocalTeacher:
@@ -54,10 +64,12 @@ class LocalTeacher:
         return cls(*load_teacher(folder), seed, logprobs_top_k)
 
     def answer(self, chats: list[list[dict]], settings: GenerationSettings, desc: str) -> list[str | None]:
-        return [a.text for a in generate_answers(self.model, self.tokenizer, chats, settings, self.seed, progress=desc)]
+        answers = generate_answers(self.model, self.tokenizer, chats, settings, self.seed, progress=desc)
+        return [visible_text(a.text) for a in answers]
 
     def label(self, task: Task, prompts: list[dict], settings: GenerationSettings) -> tuple[list, list, dict]:
-        """(accepted, rejected, stats). Rejected rows carry the reason; an answer cut at max_new_tokens is one."""
+        """(accepted, rejected, stats). Rejected rows carry the parser's reason; an answer without the end token
+        within max_new_tokens is cut (finish_reason length)."""
         start = time.perf_counter()
         answers = generate_answers(
             self.model,
@@ -70,11 +82,10 @@ class LocalTeacher:
         )
         accepted, rejected = [], []
         for prompt, answer in zip(prompts, answers, strict=True):
-            label, reason = check_answer(task, answer.text)
-            if not answer.finished:
-                label, reason = None, f"no end token within {settings.max_new_tokens} new tokens"
-            _sort(prompt, answer.text, label, reason, accepted, rejected)
-            if label is not None:
+            finish_reason = local_finish_reason(answer.finished)
+            parsed = parse_answer(task, answer.text, finish_reason, max_tokens=settings.max_new_tokens)
+            _sort(prompt, answer.text, parsed, accepted, rejected)
+            if parsed.label is not None:
                 self.kept.append(answer)
         return (
             accepted,
@@ -104,7 +115,7 @@ class EndpointTeacher:
         replies, _ = complete_enough(
             self.endpoint, settings.openai_kwargs(self.seed), chats, self.requests, self.usage, desc
         )
-        return [reply["content"] if reply else None for reply in replies]
+        return [visible_text(reply["content"], reply["finish_reason"]) if reply else None for reply in replies]
 
     def label(self, task: Task, prompts: list[dict], settings: GenerationSettings) -> tuple[list, list, dict]:
         """(accepted, rejected, stats). Fails when fewer requests than synthesize.requests.min_success_ratio
@@ -116,13 +127,13 @@ class EndpointTeacher:
         accepted, rejected = [], []
         for prompt, reply, failure in zip(prompts, replies, failures, strict=True):
             if failure is not None:
-                _sort(prompt, None, None, f"request failed: {failure}", accepted, rejected)
+                failed = Parsed(found=False, reason=f"request failed: {failure}", kind="request_failed")
+                _sort(prompt, None, failed, accepted, rejected)
                 continue
-            text = unfence(reply["content"])
-            label, reason = check_answer(task, text)
-            if reply["finish_reason"] == "length":
-                label, reason = None, f"cut at {body['max_tokens']} tokens (finish_reason length)"
-            _sort(prompt, text, label, reason, accepted, rejected)
+            parsed = parse_answer(
+                task, reply["content"], reply["finish_reason"], reply.get("reasoning_content"), body["max_tokens"]
+            )
+            _sort(prompt, reply["content"], parsed, accepted, rejected)
         return (
             accepted,
             rejected,

@@ -42,7 +42,8 @@ def attach_teacher_logprobs(example: dict, topk_ids: np.ndarray, topk_logprobs: 
 
 
 class Collator:
-    """Right-pads a batch; KD arrays are padded with zeros (those positions carry no label)."""
+    """Right-pads a batch; KD arrays are padded with zeros. `kd_mask` (batch, width) marks the answer positions
+    that carry teacher log-probs: none of an example without them (slmops.train.student.distillation_examples)."""
 
     def __init__(self, pad_token_id: int):
         self.pad_token_id = pad_token_id
@@ -54,19 +55,21 @@ class Collator:
             "attention_mask": torch.zeros((len(batch), width), dtype=torch.long),
             "labels": torch.full((len(batch), width), IGNORE, dtype=torch.long),
         }
-        has_kd = "kd_ids" in batch[0]
-        if has_kd:
-            k = batch[0]["kd_ids"].shape[1]
+        with_kd = [ex for ex in batch if "kd_ids" in ex]
+        if with_kd:
+            k = with_kd[0]["kd_ids"].shape[1]
             out["kd_ids"] = torch.zeros((len(batch), width, k), dtype=torch.long)
             out["kd_logprobs"] = torch.zeros((len(batch), width, k), dtype=torch.float32)
+            out["kd_mask"] = torch.zeros((len(batch), width), dtype=torch.bool)
         for row, ex in enumerate(batch):
             n = len(ex["input_ids"])
             out["input_ids"][row, :n] = torch.tensor(ex["input_ids"])
             out["attention_mask"][row, :n] = 1
             out["labels"][row, :n] = torch.tensor(ex["labels"])
-            if has_kd:
+            if "kd_ids" in ex:
                 out["kd_ids"][row, :n] = torch.from_numpy(ex["kd_ids"])
                 out["kd_logprobs"][row, :n] = torch.from_numpy(ex["kd_logprobs"])
+                out["kd_mask"][row, :n] = out["labels"][row, :n] != IGNORE
         return out
 
 

@@ -62,13 +62,22 @@ def use_logit_kd(kd: KD, meta: dict, student_tokenizer) -> bool:
 
 
 def distillation_examples(task: Task, tokenizer, accepted: list[dict], store: LogProbReader | None) -> list[dict]:
-    """With a store, the teacher's own answer tokens and log-probs; otherwise its answers re-tokenised."""
+    """One encoded example per accepted row; the student always learns the canonical answer (render_answer of the
+    label), the text fine-tuning teaches too.
+
+    With a store, a row whose teacher text (`answer`) is exactly that canonical answer is encoded with the
+    teacher's own answer tokens and carries their top-k log-probs (kd_ids, kd_logprobs). A row whose text differs
+    (a reasoning block, prose or a fence that the answer parser dropped, other spacing) has no log-probs aligned
+    with the canonical answer's tokens: it is trained on cross-entropy only."""
     examples = []
     for row in accepted:
-        if store is None:
-            examples.append(encode_chat(tokenizer, task.messages(row["message"], render_answer(row["label"]))))
+        canonical = render_answer(row["label"])
+        chat = task.messages(row["message"], canonical)
+        if store is None or row["answer"] != canonical:
+            examples.append(encode_chat(tokenizer, chat))
             continue
         tokens, topk_ids, topk_logprobs = store.record(row["token_offset"], row["token_count"])
-        example = encode_chat(tokenizer, task.messages(row["message"], row["answer"]), answer_ids=tokens)
-        examples.append(attach_teacher_logprobs(example, topk_ids, topk_logprobs))
+        examples.append(
+            attach_teacher_logprobs(encode_chat(tokenizer, chat, answer_ids=tokens), topk_ids, topk_logprobs)
+        )
     return examples

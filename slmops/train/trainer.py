@@ -21,7 +21,8 @@ from slmops.train.data import IGNORE, Collator
 
 
 class DistillationTrainer(Trainer):
-    """Trainer whose loss is alpha * CE + (1 - alpha) * T^2 * KD when the batch has teacher log-probs."""
+    """Trainer whose loss is alpha * CE + (1 - alpha) * T^2 * KD when the batch has teacher log-probs; the KD
+    term averages over the answer positions that have them (kd_mask)."""
 
     def __init__(self, *args, kd: KD | None = None, **kwargs):
         super().__init__(*args, **kwargs)
@@ -31,11 +32,12 @@ class DistillationTrainer(Trainer):
         labels = inputs.pop("labels")[:, 1:]
         kd_ids = inputs.pop("kd_ids", None)
         kd_logprobs = inputs.pop("kd_logprobs", None)
+        kd_mask = inputs.pop("kd_mask", None)
         outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
         logits = outputs.logits[:, :-1]
         loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), labels.reshape(-1), ignore_index=IGNORE)
-        if self.kd is not None and kd_ids is not None and self.kd.alpha < 1.0:
-            answer = labels != IGNORE
+        answer = (labels != IGNORE) & kd_mask[:, 1:] if kd_mask is not None else None
+        if self.kd is not None and answer is not None and answer.any() and self.kd.alpha < 1.0:
             kd = losses.kd_loss(
                 self.kd.loss,
                 logits[answer],
