@@ -1,5 +1,6 @@
 """slmops serve: the official openai client against the server, streaming and not; errors in OpenAI's shape."""
 
+import contextlib
 import http.client
 import json
 import subprocess
@@ -11,31 +12,30 @@ import pytest
 from conftest import ROOT
 
 
-@pytest.fixture(scope="module")
-def server(tiny_onnx):
-    """`slmops serve` on a free loopback port over the tiny int4 export (model name: its folder, int4)."""
+@contextlib.contextmanager
+def running_server(folder, *flags):
+    """`slmops serve FOLDER --port 0 FLAGS...` in its own process; yields its base URL, http://127.0.0.1:PORT/v1."""
     process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "slmops.cli",
-            "serve",
-            str(tiny_onnx["int4"]),
-            "--port",
-            "0",
-            "--max-body-bytes",
-            "4096",
-        ],
+        [sys.executable, "-m", "slmops.cli", "serve", str(folder), "--port", "0", *map(str, flags)],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
     )
-    line = process.stdout.readline()
-    assert line.startswith("serving int4 on http://127.0.0.1:"), line
-    yield line.split()[-1]  # http://127.0.0.1:PORT/v1
-    process.terminate()
-    process.wait(timeout=10)
+    try:
+        line = process.stdout.readline()
+        assert line.startswith(f"serving {folder.name} on http://127.0.0.1:"), line
+        yield line.split()[-1]
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def server(tiny_onnx):
+    """The server over the tiny int4 export (model name: its folder, int4), bodies up to 4,096 bytes."""
+    with running_server(tiny_onnx["int4"], "--max-body-bytes", 4096) as url:
+        yield url
 
 
 @pytest.fixture()
