@@ -93,6 +93,21 @@ def test_verify_loads_the_package_in_genai_and_foundry_local(package):
     assert lines[2].startswith("Foundry Local (STOP): ") or lines[2].startswith("Foundry Local (LENGTH): ")
 
 
+def test_verify_refuses_an_output_budget_over_the_context_up_front(package):
+    refused = slmops("package", "verify", package, "--max-output-tokens", 2048)
+    assert refused.returncode == 2, refused.stderr[-3000:]
+    message = refused.stderr.strip().splitlines()[-1]
+    prompt = int(message.split("verification prompt of ")[1].split(" ")[0])
+    assert message == (
+        f"error: {package}: max_output_tokens 2048 does not fit the package's context of 256 tokens with the "
+        f"verification prompt of {prompt} tokens (at most {256 - prompt})"
+    )
+    assert "Traceback" not in refused.stderr
+    most = slmops("package", "verify", package, "--max-output-tokens", 256 - prompt)  # Foundry Local takes it
+    assert most.returncode == 0, most.stderr[-3000:]
+    assert "Foundry Local (LENGTH): " in most.stdout
+
+
 def test_verify_refuses_a_tampered_package(package):
     data = bytearray((package / "model.onnx.data").read_bytes())
     data[100] ^= 0xFF

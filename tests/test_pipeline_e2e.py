@@ -414,7 +414,7 @@ def test_a_failed_package_loses_no_previous_output(repo):
     finally:
         (repo / "params.yaml").write_text(original)
     assert failed.returncode != 0 and "Running stage 'package'" in failed.stdout, failed.stdout[-2000:]
-    assert "context" in failed.stderr, failed.stderr[-2000:]  # verification failed, as meant
+    assert "context" in failed.stderr, failed.stderr[-2000:]  # the budget is refused up front, as meant
     assert kept_outputs(repo) == kept  # reports/package.json, metrics.json, report.md, predictions, plots
     assert (repo / "dvc.lock").read_bytes() == lock
     run(["dvc", "checkout"], repo)  # the cached outputs DVC removed before running the stage

@@ -108,6 +108,17 @@ def foundry_local_chat(
             manager.close()
 
 
+def check_output_budget(model, messages: list[dict], max_output_tokens: int) -> None:
+    """InputError naming both numbers when the prompt plus `max_output_tokens` exceeds the model's context
+    (an OnnxChatModel's): Foundry Local would refuse the request with a traceback."""
+    prompt, context = len(model.prompt_tokens(messages)), model.context_length
+    if prompt + max_output_tokens > context:
+        raise InputError(
+            f"{model.folder}: max_output_tokens {max_output_tokens} does not fit the package's context of {context} "
+            f"tokens with the verification prompt of {prompt} tokens (at most {context - prompt})"
+        )
+
+
 def verify(folder: str | Path, messages: list[dict], max_output_tokens: int) -> Verification:
     """Hashes against the manifest, one greedy answer from onnxruntime-genai, one from Foundry Local."""
     from slmops.onnx.runtime import OnnxChatModel
@@ -115,7 +126,9 @@ def verify(folder: str | Path, messages: list[dict], max_output_tokens: int) -> 
     folder = Path(folder)
     manifest = check_manifest(folder)
     name = json.loads((folder / "inference_model.json").read_text())["Name"]
-    genai = OnnxChatModel(folder).answer(messages, max_output_tokens)
+    model = OnnxChatModel(folder)
+    check_output_budget(model, messages, max_output_tokens)
+    genai = model.answer(messages, max_output_tokens)
     if genai.tokens == 0:
         raise RuntimeError(f"{folder}: onnxruntime-genai loaded the model but it ended its answer at once")
     text, finish, tokens = foundry_local_chat(folder, f"{name}:{manifest['version']}", messages, max_output_tokens)
