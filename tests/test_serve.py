@@ -1,34 +1,12 @@
 """slmops serve: the official openai client against the server, streaming and not; errors in OpenAI's shape."""
 
-import contextlib
 import http.client
 import json
-import subprocess
-import sys
 import time
 
 import openai
 import pytest
-from conftest import ROOT
-
-
-@contextlib.contextmanager
-def running_server(folder, *flags):
-    """`slmops serve FOLDER --port 0 FLAGS...` in its own process; yields its base URL, http://127.0.0.1:PORT/v1."""
-    process = subprocess.Popen(
-        [sys.executable, "-m", "slmops.cli", "serve", str(folder), "--port", "0", *map(str, flags)],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    try:
-        line = process.stdout.readline()
-        assert line.startswith(f"serving {folder.name} on http://127.0.0.1:"), line
-        yield line.split()[-1]
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
+from serve_load import running_server
 
 
 @pytest.fixture(scope="module")
