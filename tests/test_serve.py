@@ -151,6 +151,10 @@ def test_null_optional_fields_take_their_defaults(server, client):
     assert payload["choices"][0]["finish_reason"] == "length"  # max_tokens null: up to the end of the context
     assert payload["usage"]["total_tokens"] == 256  # the tiny model's context
     assert payload["choices"][0]["message"]["content"] == greedy.choices[0].message.content  # greedy: ''
+    official = client.chat.completions.create(model="int4", messages=ORDER, **nulls)  # the client sends the nulls
+    assert (
+        official.usage.total_tokens == 256 and official.choices[0].message.content == greedy.choices[0].message.content
+    )
 
 
 def test_neutral_values_of_unsupported_fields_are_accepted(client):
@@ -220,6 +224,11 @@ def chat_body(**fields) -> bytes:
         (chat_body(functions=[]), "functions", "'functions' is not supported by this server"),
         (chat_body(stream_options={"include_usage": True}), "stream_options", "only allowed when 'stream' is true"),
         (chat_body(stream=True, stream_options={"x": 1}), "stream_options.x", "stream_options.x: 1"),
+        (
+            chat_body(stream=True, stream_options={"include_obfuscation": True}),
+            "stream_options.include_obfuscation",
+            "stream_options.include_obfuscation: True is not supported",
+        ),
         (chat_body(stop=["a", "b", "c", "d", "e"]), "stop", "at most 4 strings"),
         (chat_body(stop=""), "stop", "stop[0] must be a non-empty string"),
         (chat_body(temperature="0"), "temperature", "'temperature' must be a number from 0 to 2"),
@@ -275,6 +284,9 @@ def test_max_tokens_beyond_the_context_is_400_naming_both_numbers(client):
     assert raised.value.code == "context_length_exceeded" and raised.value.param == "max_tokens"
     fits = client.chat.completions.create(model="int4", messages=ORDER, max_tokens=256 - int(prompt))
     assert fits.usage.total_tokens == 256
+    with pytest.raises(openai.BadRequestError, match="max_completion_tokens 300 does not fit") as raised:
+        client.chat.completions.create(model="int4", messages=ORDER, max_completion_tokens=300)
+    assert raised.value.param == "max_completion_tokens"
 
 
 # --- stop sequences and admission, without a server -------------------------------------------------------

@@ -78,6 +78,7 @@ class ChatRequest:
     stop: tuple[str, ...]
     stream: bool
     include_usage: bool
+    max_tokens_param: str = "max_tokens"  # the field that set max_tokens, for error messages
 
     def search_options(self) -> dict:
         """onnxruntime-genai search options (less max_length): greedy at temperature 0, else sampling."""
@@ -111,6 +112,7 @@ def parse_chat_request(body: bytes, model_name: str) -> ChatRequest:
     return ChatRequest(
         messages=_messages(request.get("messages")),
         max_tokens=_max_tokens(request),
+        max_tokens_param="max_completion_tokens" if request.get("max_completion_tokens") is not None else "max_tokens",
         temperature=_number(request, "temperature", 0, 2, 0.0),  # greedy, as evaluate scored the model
         top_p=_number(request, "top_p", 0, 1, 1.0),
         seed=_seed(request),

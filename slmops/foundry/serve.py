@@ -143,9 +143,9 @@ class ChatHandler(BaseHTTPRequestHandler):
             )
         if request.max_tokens is not None and prompt_tokens + request.max_tokens > context:
             raise bad(
-                f"max_tokens {request.max_tokens} does not fit the model's context of {context} tokens with a "
-                f"prompt of {prompt_tokens} (at most {context - prompt_tokens})",
-                "max_tokens",
+                f"{request.max_tokens_param} {request.max_tokens} does not fit the model's context of {context} "
+                f"tokens with a prompt of {prompt_tokens} (at most {context - prompt_tokens})",
+                request.max_tokens_param,
                 "context_length_exceeded",
             )
         return request.max_tokens or context - prompt_tokens
