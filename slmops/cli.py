@@ -80,6 +80,11 @@ def cmd_chat(args) -> int:
     from slmops.onnx.runtime import OnnxChatModel
 
     model = OnnxChatModel(args.dir)
+    if args.max_new_tokens >= model.context_length:
+        raise InputError(
+            f"--max-new-tokens {args.max_new_tokens} cannot fit the model's context of {model.context_length} "
+            f"tokens with a message (at most {model.context_length - 1}, less the message)"
+        )
     system = _system_prompt(args.dir, args.system)
     opening = [{"role": "system", "content": system}] if system else []
     history = list(opening)

@@ -132,6 +132,12 @@ def test_chat_with_a_message_longer_than_the_context(package):
     assert result.returncode == 2 and "the model's context is 256" in result.stderr
 
 
+def test_chat_refuses_a_budget_that_cannot_fit_the_context(package):
+    result = slmops("chat", package, "hi", "--max-new-tokens", 256)
+    assert result.returncode == 2 and result.stdout == ""
+    assert "--max-new-tokens 256 cannot fit the model's context of 256 tokens with a message" in result.stderr
+
+
 def test_chat_on_a_folder_without_a_model(tmp_path):
     result = slmops("chat", tmp_path, "hi")
     assert result.returncode == 2 and "no genai_config.json" in result.stderr
