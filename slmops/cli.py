@@ -80,6 +80,11 @@ def cmd_chat(args) -> int:
     from slmops.onnx.runtime import OnnxChatModel
 
     model = OnnxChatModel(args.dir)
+    if args.max_new_tokens >= model.context_length:
+        raise InputError(
+            f"--max-new-tokens {args.max_new_tokens} cannot fit the model's context of {model.context_length} "
+            f"tokens with a message (at most {model.context_length - 1}, less the message)"
+        )
     system = _system_prompt(args.dir, args.system)
     opening = [{"role": "system", "content": system}] if system else []
     history = list(opening)
@@ -161,7 +166,7 @@ def cmd_report(args) -> int:
 def cmd_serve(args) -> int:
     from slmops.foundry.serve import serve
 
-    serve(args.dir, args.host, args.port, args.max_body_bytes)
+    serve(args.dir, args.host, args.port, args.max_body_bytes, args.max_queue)
     return 0
 
 
@@ -220,6 +225,12 @@ def main(argv: list[str] | None = None) -> int:
     server.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
     server.add_argument("--port", type=int, default=8000, help="port (0: any free port)")
     server.add_argument("--max-body-bytes", type=positive_int, default=1 << 20, help="largest request body accepted")
+    server.add_argument(
+        "--max-queue",
+        type=positive_int,
+        default=32,
+        help="requests that may wait while one is answered; more get 503 with Retry-After (default 32)",
+    )
     server.set_defaults(run=cmd_serve)
     args = parser.parse_args(argv)
     try:

@@ -102,6 +102,21 @@ def test_verify_refuses_a_package_whose_runtimes_disagree(package, monkeypatch):
         verification.verify(package, messages, 8)
 
 
+def test_verify_refuses_an_output_budget_over_the_context_up_front(package):
+    refused = slmops("package", "verify", package, "--max-output-tokens", 2048)
+    assert refused.returncode == 2, refused.stderr[-3000:]
+    message = refused.stderr.strip().splitlines()[-1]
+    prompt = int(message.split("verification prompt of ")[1].split(" ")[0])
+    assert message == (
+        f"error: {package}: max_output_tokens 2048 does not fit the package's context of 256 tokens with the "
+        f"verification prompt of {prompt} tokens (at most {256 - prompt})"
+    )
+    assert "Traceback" not in refused.stderr
+    most = slmops("package", "verify", package, "--max-output-tokens", 256 - prompt)  # Foundry Local takes it
+    assert most.returncode == 0, most.stderr[-3000:]
+    assert "Foundry Local (LENGTH): " in most.stdout
+
+
 def test_verify_refuses_a_tampered_package(package):
     data = bytearray((package / "model.onnx.data").read_bytes())
     data[100] ^= 0xFF
@@ -124,6 +139,12 @@ def test_chat_one_shot_and_interactive(package):
 def test_chat_with_a_message_longer_than_the_context(package):
     result = slmops("chat", package, "ORD-12 " * 400)
     assert result.returncode == 2 and "the model's context is 256" in result.stderr
+
+
+def test_chat_refuses_a_budget_that_cannot_fit_the_context(package):
+    result = slmops("chat", package, "hi", "--max-new-tokens", 256)
+    assert result.returncode == 2 and result.stdout == ""
+    assert "--max-new-tokens 256 cannot fit the model's context of 256 tokens with a message" in result.stderr
 
 
 def test_chat_on_a_folder_without_a_model(tmp_path):

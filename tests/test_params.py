@@ -220,3 +220,69 @@ def test_command_line_counts_must_be_positive(argv, capsys):
     with pytest.raises(SystemExit) as exit_:
         slmops(argv)
     assert exit_.value.code == 2 and "invalid positive_int value" in capsys.readouterr().err
+
+
+# --- output budgets against the context of the model that spends them ---------------------------------------
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (
+            lambda p: p["package"]["verify"].update(max_output_tokens=2048),
+            "package.verify.max_output_tokens: 2048 tokens cannot fit the student's context of 256 tokens "
+            "(student.config.max_position_embeddings) with a prompt (at most 255, less the prompt)",
+        ),
+        (
+            lambda p: p["evaluate"]["generation"].update(max_new_tokens=256),
+            "evaluate.generation.max_new_tokens: 256 tokens cannot fit the teacher's context of 256 tokens "
+            "(teacher.bootstrap.config.max_position_embeddings)",
+        ),
+        (
+            lambda p: p["student"]["config"].update(max_position_embeddings=64),
+            "evaluate.generation.max_new_tokens: 64 tokens cannot fit the student's context of 64 tokens",
+        ),
+        (
+            lambda p: p["synthesize"]["generation"].update(max_new_tokens=300),
+            "synthesize.generation.max_new_tokens: 300 tokens cannot fit the teacher's context of 256 tokens",
+        ),
+        (
+            lambda p: p["synthesize"].update(mode="generate_and_label"),  # generate.max_tokens: 1024
+            "synthesize.generate.max_tokens: 1024 tokens cannot fit the teacher's context of 256 tokens",
+        ),
+    ],
+)
+def test_an_output_budget_that_cannot_fit_the_context_is_refused(project, capsys, edit, message):
+    write_params(project, edit)
+    assert slmops(["validate"]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_a_local_models_context_comes_from_its_config(project, tiny_hf_dir, capsys):
+    write_params(project, lambda p: p["student"].update(model=str(tiny_hf_dir)))
+    assert slmops(["validate"]) == 0
+    write_params(project, lambda p: p["package"]["verify"].update(max_output_tokens=400))
+    assert slmops(["validate"]) == 2
+    assert (
+        f"package.verify.max_output_tokens: 400 tokens cannot fit the student's context of 256 tokens "
+        f"({tiny_hf_dir}/config.json)" in capsys.readouterr().err
+    )
+
+
+def test_an_endpoint_teachers_budget_is_its_own_to_check(project):
+    def endpoint(p):
+        p["teacher"].update(backend="openai", model="deployment")
+        p["teacher"]["openai"].update(base_url="http://127.0.0.1:9/v1")
+        p["synthesize"]["generation"].update(max_new_tokens=4096)
+
+    write_params(project, endpoint)
+    assert load_params().synthesize.generation.max_new_tokens == 4096
+
+
+def test_the_package_stage_refuses_a_budget_over_the_context_before_any_work(project):
+    write_params(project, lambda p: p["package"]["verify"].update(max_output_tokens=300))
+    before = sorted(p for p in project.rglob("*"))
+    result = run_stage(project, "package")
+    assert result.returncode == 2
+    assert "package.verify.max_output_tokens: 300 tokens cannot fit the student's context of 256" in result.stderr
+    assert sorted(p for p in project.rglob("*")) == before

@@ -8,6 +8,7 @@ with `dvc params diff`. A value YAML reads as a date (unquoted 2024-10-21) is re
 from __future__ import annotations
 
 import datetime
+import json
 import re
 import typing
 from pathlib import Path
@@ -128,6 +129,53 @@ def _path_problems(tree: dict) -> list[str]:
     return problems
 
 
+def _model_context(model: str | None, shape, shape_key: str, check_paths: bool) -> tuple[int, str] | None:
+    """(context length in tokens, where it comes from) of a local model: built from `shape` (model None) or a local
+    folder's config.json, read as the onnxruntime-genai builder reads it (seq_length, else max_position_embeddings).
+    None when unknown here: a hub id, or check_paths off."""
+    if model is None:
+        return shape.max_position_embeddings, f"{shape_key}.max_position_embeddings"
+    config = Path(model) / "config.json"
+    if not check_paths or not config.is_file():
+        return None
+    try:
+        values = json.loads(config.read_text())
+        context = values.get("seq_length") or values.get("max_position_embeddings")
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+        return None  # not this check's to report: loading the model names the broken file
+    return (context, f"{config}") if isinstance(context, int) else None
+
+
+def _budget_problems(params: Params, check_paths: bool) -> list[str]:
+    """Each output budget (most new tokens) that leaves no room for a prompt in the context of a model spending it."""
+    teacher = params.teacher
+    contexts = {
+        "student": _model_context(params.student.model, params.student.config, "student.config", check_paths),
+        "teacher": None  # an endpoint checks its own context
+        if teacher.backend == "openai"
+        else _model_context(
+            teacher.model if teacher.backend == "hf" else None,
+            teacher.bootstrap.config,
+            "teacher.bootstrap.config",
+            check_paths,
+        ),
+    }
+    budgets = [
+        ("synthesize.generation.max_new_tokens", params.synthesize.generation.max_new_tokens, "teacher"),
+        ("evaluate.generation.max_new_tokens", params.evaluate.generation.max_new_tokens, "teacher"),
+        ("evaluate.generation.max_new_tokens", params.evaluate.generation.max_new_tokens, "student"),
+        ("package.verify.max_output_tokens", params.package.verify.max_output_tokens, "student"),
+    ]
+    if params.synthesize.mode == "generate_and_label":
+        budgets.append(("synthesize.generate.max_tokens", params.synthesize.generate.max_tokens, "teacher"))
+    return [
+        f"{key}: {budget} tokens cannot fit the {role}'s context of {contexts[role][0]} tokens "
+        f"({contexts[role][1]}) with a prompt (at most {contexts[role][0] - 1}, less the prompt)"
+        for key, budget, role in budgets
+        if contexts[role] is not None and budget >= contexts[role][0]
+    ]
+
+
 def validate_tree(tree, source: str = "params.yaml", check_paths: bool = True) -> Params:
     """`tree` (params.yaml as read by read_yaml) validated into Params; InputError lists every problem."""
     if not isinstance(tree, dict):
@@ -141,6 +189,8 @@ def validate_tree(tree, source: str = "params.yaml", check_paths: bool = True) -
         params = None
     if check_paths:
         problems += _path_problems(tree)
+    if params is not None:
+        problems += _budget_problems(params, check_paths)
     if problems:
         raise InputError("invalid params\n  " + "\n  ".join(f"{source}: {p}" for p in problems))
     return params

@@ -1,93 +1,110 @@
 """`slmops serve`: an OpenAI-compatible HTTP server over a packaged (onnxruntime-genai) model.
 
-    slmops serve models/foundry/support-triage-slm [--host 127.0.0.1] [--port 8000]
+    slmops serve models/foundry/support-triage-slm [--host 127.0.0.1] [--port 8000] [--max-queue 32]
 
-POST /v1/chat/completions (with or without "stream": true) and GET /v1/models. Errors use OpenAI's shape,
-{"error": {"message", "type", "code"}}: 400 for a malformed body, 404 for an unknown model or path,
-413 for a body over --max-body-bytes. Written on the standard library's ThreadingHTTPServer: three
-endpoints need no web framework. Requests are answered one at a time (the model holds the CPU anyway).
+POST /v1/chat/completions (with or without "stream": true) and GET /v1/models. The request fields it reads are
+in slmops/foundry/chat_request.py. Errors use OpenAI's shape, {"error": {"message", "type", "param", "code"}}:
+400 for a malformed or unsupported request or one that does not fit the context, 404 for an unknown model or
+path, 413 for a body over --max-body-bytes, 503 with Retry-After when the queue is full.
+
+The model answers one request at a time (it holds the CPU anyway); up to --max-queue more wait their turn, and
+any beyond are refused at once with 503, Retry-After and retry-after-ms (which the openai client honours), never
+left to the kernel's listen backlog to reset. Written on the standard library's ThreadingHTTPServer: three
+endpoints need no web framework.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import threading
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from slmops.core.config import GenerationSettings
+from slmops.foundry.chat_request import ChatRequest, RequestError, bad, parse_chat_request
 from slmops.onnx.runtime import OnnxChatModel
 
-ROLES = {"system", "user", "assistant"}
+LISTEN_BACKLOG = 1024  # connections the kernel holds until accepted (the standard library's 5 overflows at once)
 
 
-class RequestError(Exception):
-    def __init__(self, status: HTTPStatus, message: str, code: str | None = None):
-        super().__init__(message)
-        self.status, self.message, self.code = status, message, code
+class Admission:
+    """One request at a time on the model, at most `max_queue` more waiting; any beyond get a RequestError 503
+    whose retry_after (seconds) is the expected wait, from the mean time of the recent answers."""
 
+    def __init__(self, max_queue: int):
+        self.slots = threading.BoundedSemaphore(max_queue + 1)
+        self.model = threading.Lock()
+        self.max_queue = max_queue
+        self.mean_seconds = 0.2  # until the first answer is timed
+        self.lock = threading.Lock()
 
-def parse_chat_request(body: bytes, model_name: str, context_length: int) -> dict:
-    """The request's messages and settings, or a RequestError naming what is wrong."""
-    try:
-        request = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise RequestError(HTTPStatus.BAD_REQUEST, f"body is not valid JSON: {err}") from None
-    if not isinstance(request, dict):
-        raise RequestError(HTTPStatus.BAD_REQUEST, "body must be a JSON object")
-    if request.get("model") != model_name:
-        raise RequestError(
-            HTTPStatus.NOT_FOUND,
-            f"model {request.get('model')!r} not found; this server has {model_name!r}",
-            "model_not_found",
-        )
-    messages = request.get("messages")
-    if not isinstance(messages, list) or not messages:
-        raise RequestError(HTTPStatus.BAD_REQUEST, "'messages' must be a non-empty list")
-    for i, message in enumerate(messages):
-        if (
-            not isinstance(message, dict)
-            or message.get("role") not in ROLES
-            or not isinstance(message.get("content"), str)
-        ):
+    @contextmanager
+    def turn(self):
+        if not self.slots.acquire(blocking=False):
             raise RequestError(
-                HTTPStatus.BAD_REQUEST,
-                f"messages[{i}] must be an object with a role ({', '.join(sorted(ROLES))}) and a string content",
+                HTTPStatus.SERVICE_UNAVAILABLE,
+                f"the server is busy: 1 request in progress and {self.max_queue} waiting (--max-queue); retry later",
+                "server_busy",
+                retry_after=(self.max_queue + 1) * self.mean_seconds,
             )
-    max_tokens = request.get("max_completion_tokens", request.get("max_tokens", context_length))
-    temperature, top_p = request.get("temperature", 0.0), request.get("top_p", 1.0)
-    if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
-        raise RequestError(HTTPStatus.BAD_REQUEST, "'max_tokens' must be a positive integer")
-    for key, value, low, high in (("temperature", temperature, 0, 2), ("top_p", top_p, 0, 1)):
-        if not isinstance(value, (int, float)) or isinstance(value, bool) or not low <= value <= high:
-            raise RequestError(HTTPStatus.BAD_REQUEST, f"'{key}' must be a number from {low} to {high}")
-    return {
-        "messages": [{"role": m["role"], "content": m["content"]} for m in messages],
-        "max_tokens": max_tokens,
-        "temperature": float(temperature),
-        "top_p": float(top_p),
-        "stream": bool(request.get("stream", False)),
-    }
+        try:
+            with self.model:
+                start = time.perf_counter()
+                yield
+                with self.lock:  # moving mean over about the last 10 answers
+                    self.mean_seconds += (time.perf_counter() - start - self.mean_seconds) / 10
+        finally:
+            self.slots.release()
+
+
+class StopScanner:
+    """Cuts streamed text at the first of the stop sequences. `feed` returns the text safe to send: it holds back
+    a tail as long as the longest stop less one character, so no part of a stop sequence is ever sent."""
+
+    def __init__(self, stops: tuple[str, ...]):
+        self.stops, self.hold = stops, max(map(len, stops), default=1) - 1
+        self.text, self.sent, self.stopped = "", 0, False
+
+    def feed(self, piece: str) -> str:
+        self.text += piece
+        # Text before `sent` was searched when it was sent, with `hold` characters after it: no stop starts there.
+        found = [i for i in (self.text.find(stop, self.sent) for stop in self.stops) if i >= 0]
+        end = min(found) if found else max(self.sent, len(self.text) - self.hold)
+        self.stopped = bool(found)
+        out, self.sent = self.text[self.sent : end], end
+        return out
+
+    def flush(self) -> str:
+        out, self.sent = self.text[self.sent :], len(self.text)
+        return out
+
+
+@dataclass
+class Outcome:
+    completion_tokens: int = 0
+    finish_reason: str = "length"
 
 
 class ChatServer(ThreadingHTTPServer):
     daemon_threads = True
+    request_queue_size = LISTEN_BACKLOG
 
-    def __init__(self, address, model: OnnxChatModel, name: str, max_body_bytes: int):
+    def __init__(self, address, model: OnnxChatModel, name: str, max_body_bytes: int, max_queue: int):
         super().__init__(address, ChatHandler)
         self.model, self.name, self.max_body_bytes = model, name, max_body_bytes
-        self.lock = threading.Lock()
+        self.admission = Admission(max_queue)
 
 
 class ChatHandler(BaseHTTPRequestHandler):
     server: ChatServer
     protocol_version = "HTTP/1.1"
-
-    def log_message(self, fmt, *args):  # one short line per request on stderr
-        super().log_message(fmt, *args)
+    timeout = 120  # seconds a silent connection holds its thread
 
     def do_GET(self):
         if self.path.rstrip("/") == "/v1/models":
@@ -105,18 +122,33 @@ class ChatHandler(BaseHTTPRequestHandler):
         try:
             if self.path.rstrip("/") != "/v1/chat/completions":
                 raise RequestError(HTTPStatus.NOT_FOUND, f"no such path: {self.path}")
-            request = parse_chat_request(self._body(), self.server.name, self.server.model.context_length)
-            prompt = self.server.model.prompt_tokens(request["messages"])
-            if len(prompt) >= self.server.model.context_length:
-                raise RequestError(
-                    HTTPStatus.BAD_REQUEST,
-                    f"the prompt is {len(prompt)} tokens; the model's context is {self.server.model.context_length}",
-                    "context_length_exceeded",
-                )
-            with self.server.lock:
-                (self._stream if request["stream"] else self._complete)(request, prompt)
+            request = parse_chat_request(self._body(), self.server.name)
+            prompt = self.server.model.prompt_tokens(request.messages)
+            budget = self._budget(request, len(prompt))
+            with self.server.admission.turn():
+                (self._stream if request.stream else self._complete)(request, prompt, budget)
         except RequestError as err:
             self._error(err)
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True  # the client left; the answer is dropped
+
+    def _budget(self, request: ChatRequest, prompt_tokens: int) -> int:
+        """Most tokens to generate: the request's max_tokens, or the rest of the context; 400 if it cannot fit."""
+        context = self.server.model.context_length
+        if prompt_tokens >= context:
+            raise bad(
+                f"the prompt is {prompt_tokens} tokens; the model's context is {context}",
+                "messages",
+                "context_length_exceeded",
+            )
+        if request.max_tokens is not None and prompt_tokens + request.max_tokens > context:
+            raise bad(
+                f"{request.max_tokens_param} {request.max_tokens} does not fit the model's context of {context} "
+                f"tokens with a prompt of {prompt_tokens} (at most {context - prompt_tokens})",
+                request.max_tokens_param,
+                "context_length_exceeded",
+            )
+        return request.max_tokens or context - prompt_tokens
 
     def _body(self) -> bytes:
         length = self.headers.get("Content-Length")
@@ -130,21 +162,28 @@ class ChatHandler(BaseHTTPRequestHandler):
             )
         return self.rfile.read(int(length))
 
-    def _pieces(self, request, prompt):
-        temperature, top_p = request["temperature"], request["top_p"]
-        settings = GenerationSettings(
-            max_new_tokens=request["max_tokens"],
-            batch_size=1,
-            do_sample=temperature > 0,
-            temperature=temperature or 1.0,
-            top_p=top_p or 1.0,
-        )
-        return self.server.model.stream(
-            request["messages"], settings.max_new_tokens, settings.genai_search_options(), prompt=prompt
-        )
+    def _deltas(self, request: ChatRequest, prompt, budget: int, outcome: Outcome) -> Iterator[str]:
+        """The answer's text in pieces, cut before the first stop sequence; fills `outcome` when done."""
+        scanner = StopScanner(request.stop)
+        pieces = self.server.model.stream(request.messages, budget, request.search_options(), prompt=prompt)
+        try:
+            for piece in pieces:
+                outcome.completion_tokens += 1
+                text = scanner.feed(piece)
+                if text:
+                    yield text
+                if scanner.stopped:
+                    break
+        finally:
+            pieces.close()  # frees the generator at once when a stop sequence ended the answer
+        tail = "" if scanner.stopped else scanner.flush()
+        if tail:
+            yield tail
+        outcome.finish_reason = "stop" if scanner.stopped or outcome.completion_tokens < budget else "length"
 
-    def _complete(self, request, prompt):
-        pieces = list(self._pieces(request, prompt))
+    def _complete(self, request: ChatRequest, prompt, budget: int):
+        outcome = Outcome()
+        text = "".join(self._deltas(request, prompt, budget, outcome)).strip()
         self._json(
             HTTPStatus.OK,
             {
@@ -155,21 +194,15 @@ class ChatHandler(BaseHTTPRequestHandler):
                 "choices": [
                     {
                         "index": 0,
-                        "message": {"role": "assistant", "content": "".join(pieces).strip()},
-                        "finish_reason": _finish_reason(
-                            len(pieces), request["max_tokens"], len(prompt), self.server.model.context_length
-                        ),
+                        "message": {"role": "assistant", "content": text},
+                        "finish_reason": outcome.finish_reason,
                     }
                 ],
-                "usage": {
-                    "prompt_tokens": len(prompt),
-                    "completion_tokens": len(pieces),
-                    "total_tokens": len(prompt) + len(pieces),
-                },
+                "usage": _usage(len(prompt), outcome),
             },
         )
 
-    def _stream(self, request, prompt):
+    def _stream(self, request: ChatRequest, prompt, budget: int):
         self.send_response(HTTPStatus.OK)
         self.send_header("Content-Type", "text/event-stream")
         self.send_header("Cache-Control", "no-cache")
@@ -182,45 +215,70 @@ class ChatHandler(BaseHTTPRequestHandler):
             "created": int(time.time()),
             "model": self.server.name,
         }
+        if request.include_usage:
+            base["usage"] = None  # as OpenAI: null on every chunk but the last
 
-        def send(delta: dict, finish: str | None = None):
-            chunk = {**base, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
-            self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
+        def send(chunk: dict):
+            self.wfile.write(f"data: {json.dumps({**base, **chunk})}\n\n".encode())
             self.wfile.flush()
 
-        send({"role": "assistant", "content": ""})
-        count = 0
-        for piece in self._pieces(request, prompt):
-            count += 1
-            if piece:
-                send({"content": piece})
-        send({}, _finish_reason(count, request["max_tokens"], len(prompt), self.server.model.context_length))
+        def choice(delta: dict, finish: str | None = None) -> dict:
+            return {"choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+
+        send(choice({"role": "assistant", "content": ""}))
+        outcome = Outcome()
+        for text in self._deltas(request, prompt, budget, outcome):
+            send(choice({"content": text}))
+        send(choice({}, outcome.finish_reason))
+        if request.include_usage:
+            send({"choices": [], "usage": _usage(len(prompt), outcome)})
         self.wfile.write(b"data: [DONE]\n\n")
         self.wfile.flush()
 
-    def _json(self, status: HTTPStatus, payload: dict):
+    def _json(self, status: HTTPStatus, payload: dict, headers: dict | None = None):
         body = json.dumps(payload).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
+        for key, value in (headers or {}).items():
+            self.send_header(key, value)
         self.end_headers()
         self.wfile.write(body)
 
     def _error(self, err: RequestError):
         kind = "invalid_request_error" if err.status < 500 else "server_error"
-        self._json(err.status, {"error": {"message": err.message, "type": kind, "code": err.code}})
+        headers = {}
+        if err.retry_after is not None:
+            # Retry-After counts whole seconds (RFC 9110); the openai client prefers retry-after-ms when present.
+            headers = {
+                "Retry-After": str(max(1, math.ceil(err.retry_after))),
+                "retry-after-ms": str(max(1, round(err.retry_after * 1000))),
+            }
+        payload = {"error": {"message": err.message, "type": kind, "param": err.param, "code": err.code}}
+        self._json(err.status, payload, headers)
 
 
-def _finish_reason(generated: int, max_tokens: int, prompt_tokens: int, context_length: int) -> str:
-    return "length" if generated >= min(max_tokens, context_length - prompt_tokens) else "stop"
+def _usage(prompt_tokens: int, outcome: Outcome) -> dict:
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": outcome.completion_tokens,
+        "total_tokens": prompt_tokens + outcome.completion_tokens,
+    }
 
 
-def serve(folder: str | Path, host: str = "127.0.0.1", port: int = 8000, max_body_bytes: int = 1 << 20) -> None:
+def serve(
+    folder: str | Path,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    max_body_bytes: int = 1 << 20,
+    max_queue: int = 32,
+) -> None:
+    """Serve the model folder until interrupted; prints `serving NAME on http://HOST:PORT/v1` once listening."""
     folder = Path(folder)
     model = OnnxChatModel(folder)
     info = folder / "inference_model.json"
     name = json.loads(info.read_text())["Name"] if info.is_file() else folder.name
-    server = ChatServer((host, port), model, name, max_body_bytes)
+    server = ChatServer((host, port), model, name, max_body_bytes, max_queue)
     print(f"serving {name} on http://{host}:{server.server_port}/v1", flush=True)
     try:
         server.serve_forever()

@@ -108,6 +108,17 @@ def foundry_local_chat(
             manager.close()
 
 
+def check_output_budget(model, prompt_tokens: int, max_output_tokens: int) -> None:
+    """InputError naming both numbers when the prompt plus `max_output_tokens` exceeds the model's context
+    (an OnnxChatModel's): Foundry Local would refuse the request with a traceback."""
+    context = model.context_length
+    if prompt_tokens + max_output_tokens > context:
+        raise InputError(
+            f"{model.folder}: max_output_tokens {max_output_tokens} does not fit the package's context of {context} "
+            f"tokens with the verification prompt of {prompt_tokens} tokens (at most {context - prompt_tokens})"
+        )
+
+
 def verify(folder: str | Path, messages: list[dict], max_output_tokens: int) -> Verification:
     """Hashes against the manifest, then one greedy answer to `messages` (e.g. a system and a user message) from
     the Foundry Local runtime, which must equal onnxruntime-genai's greedy answer on the prompt the Hugging Face
@@ -125,6 +136,7 @@ def verify(folder: str | Path, messages: list[dict], max_output_tokens: int) -> 
     model = OnnxChatModel(folder)
     render, _, _ = hf_renderer(folder)
     prompt = model.tokenizer.encode(render(messages, True))
+    check_output_budget(model, len(prompt), max_output_tokens)
     pieces = list(model.stream(messages, max_output_tokens, prompt=prompt))
     if not pieces:
         raise RuntimeError(f"{folder}: onnxruntime-genai loaded the model but it ended its answer at once")
