@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -404,3 +405,76 @@ def test_a_larger_significance_level_is_stricter(runs):
     assert result.returncode == 1, result.stderr
     gate = next(line for line in (runs / "out/report.md").read_text().splitlines() if line.startswith("| exact_match"))
     assert "0.7 pt worse" in gate and "significant at 0.5" in gate and "❌ fail" in gate
+
+
+# --- charts and experiments ---------------------------------------------------------------------------------
+
+
+def mermaid_blocks(markdown: str) -> list[list[str]]:
+    blocks, current = [], None
+    for line in markdown.splitlines():
+        if line == "```mermaid":
+            current = []
+        elif line == "```" and current is not None:
+            blocks.append(current)
+            current = None
+        elif current is not None:
+            current.append(line.strip())
+    assert current is None, "an unclosed Mermaid block"
+    return blocks
+
+
+def test_the_comment_draws_mermaid_charts_and_links_no_image(history):
+    result = report(history, "--base", "HEAD~1", "--head", "HEAD", "--out", "out/report.md")
+    assert result.returncode == 1, result.stderr
+    markdown = (history / "out/report.md").read_text()
+    assert "![" not in markdown and "](" not in markdown and ".png" not in markdown
+    blocks = mermaid_blocks(markdown)
+    assert [b[1] for b in blocks] == [
+        'title "Exact match by variant (bars: head, line: base)"',
+        'title "Size on disk by variant (bars: head, line: base)"',
+        'title "Request latency of the quantized model, two runs, context only (ms; first line: base, second: head)"',
+    ]
+    for block in blocks:  # the grammar of xychart-beta: a title, an x-axis of labels, a y-axis, one value per label
+        assert block[0] == "xychart-beta" and block[1].count('"') == 2
+        assert re.fullmatch(r'x-axis \["[^"]+"(, "[^"]+")*\]', block[2]) and block[3].startswith('y-axis "')
+        labels = block[2].count('"') // 2
+        series = block[4:]
+        assert series and all(re.fullmatch(r"(bar|line) \[-?[\d.e+-]+(, -?[\d.e+-]+)*\]", s) for s in series)
+        assert all(len(s.split(",")) == labels for s in series)
+    assert blocks[0][2] == 'x-axis ["quantized"]' and blocks[0][4:] == ["bar [85]", "line [88]"]
+    assert blocks[2][4:] == ["line [5.4, 6, 7, 8, 8.6, 8.8]", "line [6.3, 6.75, 7.5, 8.25, 8.7, 8.85]"]
+    assert (history / "out/plots/accuracy_size.png").read_bytes().startswith(b"\x89PNG")  # PNGs: artifacts only
+
+
+def test_experiments_are_compared_by_name_and_ranked(history):
+    """Two DVC experiments on top of the base commit (refs as `dvc exp run` writes them), ranked in one table."""
+    git(history, "tag", "int8-run")
+    params = yaml.safe_load((history / "params.yaml").read_text())
+    params["finetune"]["lora"]["r"], params["quantize"]["precision"] = 16, "int4"
+    commit_pipeline_state(history, params, {**BASE_METRICS, "exact_match": 0.9}, "r16")
+    baseline = subprocess.run(
+        ["git", "rev-parse", "HEAD~2"], cwd=history, capture_output=True, text=True, check=True
+    ).stdout.strip()
+    for name, rev in (("worse-int8", "int8-run"), ("better-r16", "HEAD")):
+        git(history, "update-ref", f"refs/exps/{baseline[:2]}/{baseline[2:]}/{name}", rev)
+    git(history, "reset", "-q", "--hard", "HEAD~2")  # back on the baseline, as after `dvc exp run --queue`
+
+    single = report(history, "--base", "HEAD", "--head", "better-r16", "--out", "out/one.md")
+    assert single.returncode == 0, single.stderr
+    assert "| exact match | 88.0% | 90.0% | +2.0 pt | +2.3% | ▲ ✅ |" in (history / "out/one.md").read_text()
+
+    ranked = report(history, "--base", "HEAD", "--experiments", "--out", "out/ranked.md")
+    assert ranked.returncode == 1 and "gate(s) failed: exact_match (worse-int8)" in ranked.stderr
+    markdown = (history / "out/ranked.md").read_text()
+    assert markdown.startswith(MARKER + "\n**2 experiments against `HEAD`: 1 pass every gate; best: `better-r16`**")
+    rows = [line for line in markdown.splitlines() if line.startswith("| 1 |") or line.startswith("| 2 |")]
+    assert rows[0].startswith("| 1 | `better-r16` | `finetune.lora.r`=16 | 90.0% | +2.0 pt |")
+    assert rows[1].startswith('| 2 | `worse-int8` | `quantize.precision`="int8" | 85.0% | -3.0 pt |')
+    assert rows[0].endswith("| ✅ |") and rows[1].endswith("| ❌ exact_match |")
+    assert markdown.count("<details>") == 2
+
+
+def test_no_experiments_is_a_clear_error(history):
+    result = report(history, "--base", "HEAD", "--experiments")
+    assert result.returncode == 2 and "no DVC experiments on top of 'HEAD'" in result.stderr

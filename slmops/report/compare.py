@@ -292,13 +292,13 @@ def render(c: Comparison) -> str:
         change = "" if row.change is None else _signed(row.change, row.metric)
         relative = "" if row.relative is None else f"{row.relative:+.1%}"
         lines.append(f"| {row.metric.label} | {base} | {head} | {change} | {relative} | {_mark(row, alpha)} |")
-    lines += [
-        "",
-        "▲/▼: the value went up/down; ✅ better, ❌ worse for this metric (lower is better for size, latency and "
-        f"memory); ≈ within noise: the paired test cannot tell the change from noise at {alpha:g}; context only: "
-        "speed or memory from two separate runs, not comparable and not gated.",
-        "",
-    ]
+    legend = "▲/▼: the value went up/down; ✅ better, ❌ worse for this metric (lower is better for size, latency "
+    legend += "and memory)"
+    if c.pairing is not None and c.pairing.reason is None:
+        legend += f"; ≈ within noise: the paired test cannot tell the change from noise at {alpha:g}"
+    if any(row.context_only for row in c.rows):
+        legend += "; context only: speed or memory from two separate runs, not comparable and not gated"
+    lines += ["", legend + ".", ""]
     if c.gates:
         lines += ["### Gates", "", "| metric | allowed | measured | result |", "|---|---|---|---|"]
         shown = {"fail": "❌ fail", "pass": "✅ pass", "new": "new", "context": "not gated"}
