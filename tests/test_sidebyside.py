@@ -46,7 +46,10 @@ def test_bench_compare_times_both_packages_alternately_and_the_report_gates_on_t
     b, h = speed["base"]["latency_p95_ms"], speed["head"]["latency_p95_ms"]
     assert f"| latency p95 (ms) | {b:.2f} | {h:.2f} | ×{h / b:.2f} |" in markdown
     gate = next(line for line in markdown.splitlines() if line.startswith("| latency_p95_ms |"))
-    assert "not gated" not in gate and "context only" not in markdown.split("### Gates")[0]
+    assert "not gated" not in gate and f"| ×{h / b:.2f} |" in markdown
+    row = next(line for line in markdown.splitlines() if line.startswith("| latency p95 (ms) |"))
+    assert not row.endswith("context only |")  # timed side by side: compared, gated
+    assert next(line for line in markdown.splitlines() if line.startswith("| latency saved")).endswith("context only |")
     assert "speed timed side by side in this run" in markdown.splitlines()[1]
     assert "timed side by side (ms; first line: base, second: head)" in markdown  # the latency chart uses this run
 
