@@ -478,3 +478,18 @@ def test_experiments_are_compared_by_name_and_ranked(history):
 def test_no_experiments_is_a_clear_error(history):
     result = report(history, "--base", "HEAD", "--experiments")
     assert result.returncode == 2 and "no DVC experiments on top of 'HEAD'" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("gate", "message"),
+    [
+        ({"max_regression_pct": 10, "significance": 0.05}, "gates.size_mb.significance: only a per-record share"),
+        ({"max_regression_pct": 10, "significance": 1.0}, "gates.size_mb.significance: Input should be less than 1"),
+    ],
+)
+def test_a_significance_level_only_on_a_per_record_share_and_below_one(history, gate, message):
+    params = yaml.safe_load((history / "params.yaml").read_text())
+    params["gates"]["size_mb"] = gate
+    (history / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    result = report(history, "--base", "HEAD")
+    assert result.returncode == 2 and message in result.stderr
