@@ -447,6 +447,31 @@ def test_the_comment_draws_mermaid_charts_and_links_no_image(history):
     assert (history / "out/plots/accuracy_size.png").read_bytes().startswith(b"\x89PNG")  # PNGs: artifacts only
 
 
+MERMAID = ROOT / "tools/mermaid"
+
+
+def mermaid_parse(markdown_file):
+    return subprocess.run(["node", MERMAID / "parse.mjs", markdown_file], capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.skipif(not (MERMAID / "node_modules/mermaid").is_dir(), reason="make mermaid (npm) not run")
+def test_mermaid_itself_parses_the_comments_charts_and_refuses_a_broken_one(history, tmp_path):
+    result = report(history, "--base", "HEAD~1", "--head", "HEAD", "--out", "out/report.md")
+    assert result.returncode == 1, result.stderr
+    parsed = mermaid_parse(history / "out/report.md")
+    assert parsed.returncode == 0, parsed.stderr
+    assert parsed.stdout.splitlines() == [
+        "block 1: xychart",
+        "block 2: xychart",
+        "block 3: xychart",
+        "3 Mermaid blocks parse",
+    ]
+    broken = tmp_path / "broken.md"
+    broken.write_text((history / "out/report.md").read_text().replace("bar [85]", "bar [85"))
+    parsed = mermaid_parse(broken)
+    assert parsed.returncode == 1 and "block 1: Parse error" in parsed.stderr
+
+
 def test_experiments_are_compared_by_name_and_ranked(history):
     """Two DVC experiments on top of the base commit (refs as `dvc exp run` writes them), ranked in one table."""
     git(history, "tag", "int8-run")
