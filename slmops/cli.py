@@ -140,12 +140,18 @@ def cmd_report(args) -> int:
         if not path.is_file():
             raise InputError(f"{path}: side-by-side timing not found (write it with `slmops bench compare`)")
         speed = parse_json_object(path.read_text(), str(path))
+        missing = [key for key in ("base", "head", "rounds", "requests", "order", "hardware") if key not in speed]
+        missing += [f"{side}.latencies_ms" for side in ("base", "head") if "latencies_ms" not in speed.get(side, {})]
+        if missing:
+            raise InputError(f"{path}: not a `slmops bench compare` result (missing {', '.join(missing)})")
     heads = list(args.head or [])
     if args.experiments:
         heads += experiments_of(args.base)
         if not heads:
             raise InputError(f"no DVC experiments on top of {args.base!r} (queue some: dvc exp run --queue -S ...)")
     heads = heads or ["workspace"]
+    if speed is not None and len(heads) > 1:
+        raise InputError("--speed times one base against one head; give one --head with it")
     comparisons = [build(args.base, head, speed if len(heads) == 1 else None) for head in heads]
     out = Path(args.out)
     if len(comparisons) == 1:

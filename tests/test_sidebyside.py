@@ -63,3 +63,13 @@ def test_bench_compare_refuses_a_folder_that_is_not_a_package(tmp_path):
 def test_report_refuses_a_missing_speed_file(tmp_path):
     result = slmops("report", "--base", "HEAD", "--speed", tmp_path / "nope.json", "--out", tmp_path / "r.md")
     assert result.returncode == 2 and "nope.json: side-by-side timing not found" in result.stderr
+
+
+def test_report_refuses_a_speed_file_that_is_not_a_bench_compare_result(tmp_path):
+    (tmp_path / "speed.json").write_text('{"base": {"latencies_ms": [1.0]}}')
+    result = slmops("report", "--base", "HEAD", "--speed", tmp_path / "speed.json", "--out", tmp_path / "r.md")
+    assert result.returncode == 2
+    assert "speed.json: not a `slmops bench compare` result (missing head, rounds, requests, order, hardware" in (
+        result.stderr
+    )
+    assert not (tmp_path / "r.md").exists()
