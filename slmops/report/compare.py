@@ -137,7 +137,7 @@ def check_gates(rows: list[Row], gates: dict) -> list[GateResult]:
             amount = worse / abs(row.base) * 100 if row.base else (math.inf if worse > 0 else 0.0)
             failed, detail = amount > gate["max_regression_pct"], _percent(amount)
         else:
-            failed, detail = worse > gate["max_regression"], _worded(-worse, row.metric, better_when_positive=True)
+            failed, detail = worse > gate["max_regression"], _worded(-worse, row.metric)
         if isinstance(row.noise, PairedChange):
             level = gate.get("significance") or DEFAULT_SIGNIFICANCE
             significant = row.noise.p_worse < level
@@ -157,11 +157,11 @@ def _amount(value: float, metric: Metric) -> str:
     return f"{value * 100:.1f} pt" if metric.is_rate else metric.fmt.format(value)
 
 
-def _worded(improvement: float, metric: Metric, better_when_positive: bool) -> str:
+def _worded(improvement: float, metric: Metric) -> str:
     """ "2.0 pt worse", "4.3 pt better" or "unchanged": a change in words, never a signed "worse"."""
     if improvement == 0:
         return "unchanged"
-    return f"{_amount(improvement, metric)} {'better' if (improvement > 0) == better_when_positive else 'worse'}"
+    return f"{_amount(improvement, metric)} {'better' if improvement > 0 else 'worse'}"
 
 
 def _percent(worse_pct: float) -> str:
