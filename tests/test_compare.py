@@ -395,6 +395,25 @@ def test_a_real_regression_fails_its_gate_with_the_interval_shown(runs, task):
     assert "| exact match | 92.3% | 86.3% | -6.0 pt | -6.5% | ▼ ❌ |" in markdown
 
 
+def test_a_deliberately_worse_params_change_fails_its_gate_with_the_interval_shown(runs, task):
+    """Real answers of a worse model: `dvc exp run -S distill.train.epochs=3` (12 in the default) on the default,
+    its shipped model's answer to each eval record kept in tests/data/worse_distill3_answers.json."""
+    answers = json.loads((ROOT / "tests/data/worse_distill3_answers.json").read_text())
+    worse = [{**record, "answer": answers[record["id"]]} for record in committed_answers()]
+    commit_run(runs, {"quantized": worse, "teacher": committed_answers("teacher")}, INTEL, 1.0, "3 epochs", task)
+    result = report(runs, "--base", "HEAD~2", "--head", "HEAD", "--out", "out/report.md")
+    assert result.returncode == 1 and "gate(s) failed: exact_match" in result.stderr
+    markdown = (runs / "out/report.md").read_text()
+    assert markdown.splitlines()[1].startswith(
+        "**❌ 1 of 3 gates fail: exact_match** · accuracy beyond noise: exact match -79.7 pt"
+    )
+    assert (
+        "| exact_match | 1.0 pt worse | 79.7 pt worse (interval -84.3 pt to -75.0 pt; one-sided p < 0.001, "
+        "significant at 0.05) | ❌ fail |"
+    ) in markdown
+    assert "| exact match | 92.3% | 12.7% | -79.7 pt | -84.3 pt to -75.0 pt | 240 | 1 | < 0.001 | ▼ ❌ |" in markdown
+
+
 def test_a_larger_significance_level_is_stricter(runs):
     """At 0.5, a 0.7-point loss with one-sided p = 0.39 counts as significant; with 0.5 point allowed, it fails."""
     params = yaml.safe_load((runs / "params.yaml").read_text())
