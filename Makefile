@@ -3,7 +3,7 @@ PYTHON ?= python3.11
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: install pipeline test bench azurite
+.PHONY: install pipeline test bench azurite mermaid
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,7 +16,7 @@ install: $(STAMP)
 pipeline: $(STAMP)
 	. $(VENV)/bin/activate && dvc repro
 
-test: $(STAMP) azurite
+test: $(STAMP) azurite mermaid
 	. $(VENV)/bin/activate && ruff check . && ruff format --check . && pytest
 
 # Benchmarks of the default pipeline's models (builds them first if needed).
@@ -29,3 +29,10 @@ azurite: $(AZURITE)
 $(AZURITE): tools/azurite/package-lock.json
 	npm ci --no-audit --no-fund --prefix tools/azurite
 	touch $(AZURITE)
+
+# Mermaid (in jsdom) for the check that the report comment's charts parse as GitHub's renderer parses them.
+MERMAID := tools/mermaid/node_modules/.package-lock.json
+mermaid: $(MERMAID)
+$(MERMAID): tools/mermaid/package-lock.json
+	npm ci --no-audit --no-fund --prefix tools/mermaid
+	touch $(MERMAID)

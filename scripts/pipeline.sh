@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # What CI does with the pipeline, runnable the same way on a laptop:
 #
-#   scripts/pipeline.sh pr BASE_REF    pull what the remote has, reproduce, push, report against BASE_REF,
-#                                      create or update the one pull-request comment; exit 1 if a gate fails
+#   scripts/pipeline.sh pr BASE_REF    pull what the remote has, reproduce, push, time the base's package beside
+#                                      the head's (scripts/base_package.sh), report against BASE_REF, create or
+#                                      update the one pull-request comment; exit 1 if a gate fails
 #   scripts/pipeline.sh main           pull, reproduce, push the DVC cache
 #
 # Optional environment: DVC remote credentials (AZURE_STORAGE_CONNECTION_STRING, or AZURE_STORAGE_ACCOUNT with
@@ -38,8 +39,21 @@ base="${2:?usage: scripts/pipeline.sh pr BASE_REF}"
 git fetch --quiet origin "$base" 2>/dev/null || true
 base_rev="origin/$base"
 git rev-parse --verify --quiet "$base_rev" >/dev/null || base_rev="$base"
+# Speed compared on this machine in this job: the base's package (DVC at the base revision, else rebuilt) timed
+# alternately with the head's. Without it the report shows the committed speed figures as context, never a gate.
+speed=()
+head_package="models/foundry/$(python -c 'from slmops.core.params import load_params; print(load_params().package.name)')"
+if base_package="$(scripts/base_package.sh "$base_rev" .slmops/base-package)"; then
+  if slmops bench compare "$base_package" "$head_package" --out reports/pr/speed.json; then
+    speed=(--speed reports/pr/speed.json)
+  else
+    echo "slmops bench compare failed: speed shown as context only"
+  fi
+else
+  echo "no package at $base_rev: speed shown as context only"
+fi
 status=0
-slmops report --base "$base_rev" --out reports/pr/report.md > /dev/null || status=$?
+slmops report --base "$base_rev" "${speed[@]}" --out reports/pr/report.md > /dev/null || status=$?
 if [ "$status" -gt 1 ]; then
   exit "$status"  # not a gate: the report itself failed
 fi

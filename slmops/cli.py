@@ -6,6 +6,8 @@ slmops make-data [--out data]               regenerate the embedded task data (d
 slmops package verify DIR                   re-hash, run in onnxruntime-genai and in Foundry Local
 slmops chat DIR [MESSAGE]                   ask a packaged (or exported) model; no MESSAGE: interactive
 slmops report --base REV [--head REV]       Markdown diff of metrics and params, with gates (exit 1: a gate failed)
+slmops report --base REV --experiments      rank the DVC experiments run on top of REV, same table and gates
+slmops bench compare BASE_DIR HEAD_DIR      time two packages alternately in one run (report --speed reads it)
 slmops serve DIR [--host H] [--port P]      OpenAI-compatible HTTP server over a packaged model
 """
 
@@ -134,32 +136,73 @@ def cmd_make_data(args) -> int:
 def cmd_report(args) -> int:
     from pathlib import Path
 
-    from slmops.core.params import validate_tree
-    from slmops.report.compare import changed_params, check_gates, compare, plot_pngs, read_revision, render
+    from slmops.core.files import parse_json_object
+    from slmops.report.compare import build, experiments_of, plot_pngs, read_revision, render, render_ranking
 
-    head_rev = None if args.head == "workspace" else args.head
-    base_metrics, base_params, base_plots = read_revision(args.base)
-    head_metrics, head_params, head_plots = read_revision(head_rev)
-    head = validate_tree(head_params, source=f"params.yaml at {args.head}", check_paths=False)
-    rows = compare(base_metrics, head_metrics)
-    gates = check_gates(rows, {key: gate.model_dump(exclude_none=True) for key, gate in head.gates.items()})
+    speed = None
+    if args.speed:
+        path = Path(args.speed)
+        if not path.is_file():
+            raise InputError(f"{path}: side-by-side timing not found (write it with `slmops bench compare`)")
+        speed = parse_json_object(path.read_text(), str(path))
+        missing = [key for key in ("base", "head", "rounds", "requests", "order", "hardware") if key not in speed]
+        missing += [f"{side}.latencies_ms" for side in ("base", "head") if "latencies_ms" not in speed.get(side, {})]
+        if missing:
+            raise InputError(f"{path}: not a `slmops bench compare` result (missing {', '.join(missing)})")
+    heads = list(args.head or [])
+    if args.experiments:
+        heads += experiments_of(args.base)
+        if not heads:
+            raise InputError(f"no DVC experiments on top of {args.base!r} (queue some: dvc exp run --queue -S ...)")
+    heads = heads or ["workspace"]
+    if speed is not None and len(heads) > 1:
+        raise InputError("--speed times one base against one head; give one --head with it")
+    comparisons = [build(args.base, head, speed if len(heads) == 1 else None) for head in heads]
     out = Path(args.out)
-    plots = plot_pngs(base_plots, head_plots, out.parent / args.plots_dir)
-    markdown = render(
-        args.base,
-        args.head,
-        rows,
-        changed_params(base_params, head_params),
-        gates,
-        {title: f"{args.plots_dir}/{name}" for title, name in plots.items()},
-    )
+    if len(comparisons) == 1:
+        markdown = render(comparisons[0])
+        head_arg = None if heads[0] == "workspace" else heads[0]
+        plot_pngs(read_revision(args.base)[2], read_revision(head_arg)[2], out.parent / args.plots_dir)
+    else:
+        markdown = render_ranking(comparisons)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(markdown)
     print(markdown)
-    failed = [g.metric for g in gates if g.status == "fail"]
+    failed = [f"{g.metric} ({c.head_rev})" if len(heads) > 1 else g.metric for c in comparisons for g in c.failed]
     if failed:
         print(f"slmops report: gate(s) failed: {', '.join(failed)}", file=sys.stderr)
         return 1
+    return 0
+
+
+def cmd_bench_compare(args) -> int:
+    from pathlib import Path
+
+    from slmops.core.files import write_json
+    from slmops.core.params import load_params
+    from slmops.core.task import load_task, read_labelled
+    from slmops.eval.sidebyside import time_side_by_side
+
+    params = load_params(args.params)
+    task = load_task(params.task.dir)
+    rows = read_labelled(params.data.eval, task)
+    speed = params.evaluate.speed
+    requests = args.requests or speed.repeats
+    chats = [task.messages(rows[i % len(rows)]["message"]) for i in range(speed.warmup + requests)]
+    result = time_side_by_side(
+        args.base,
+        args.head,
+        chats,
+        speed.warmup,
+        params.evaluate.generation.max_new_tokens,
+        args.rounds,
+        params.quantize.execution_provider,
+    )
+    write_json(Path(args.out), result)
+    for key in ("latency_p50_ms", "latency_p95_ms", "ttft_p50_ms", "decode_tokens_per_s", "peak_rss_mb"):
+        base, head = result["base"][key], result["head"][key]
+        print(f"{key}: base {base:.4g}, head {head:.4g}, head/base {head / base:.3f}" if base else f"{key}: n/a")
+    print(f"wrote {args.out}")
     return 0
 
 
@@ -216,10 +259,33 @@ def main(argv: list[str] | None = None) -> int:
     chat.set_defaults(run=cmd_chat)
     report = sub.add_parser("report", help="Markdown report of metrics and params, base against head, with gates")
     report.add_argument("--base", required=True, help="git revision to compare against (a branch, tag or commit)")
-    report.add_argument("--head", default="workspace", help="git revision, or 'workspace' (default)")
+    report.add_argument(
+        "--head",
+        action="append",
+        help="git revision, DVC experiment name, or 'workspace' (default); repeat to rank several",
+    )
+    report.add_argument(
+        "--experiments", action="store_true", help="rank every DVC experiment run on top of --base (dvc exp run)"
+    )
+    report.add_argument(
+        "--speed", default=None, help="side-by-side timing of base and head packages (slmops bench compare --out)"
+    )
     report.add_argument("--out", default="reports/pr/report.md", help="Markdown file to write")
     report.add_argument("--plots-dir", default="plots", help="folder for the PNG plots, beside --out")
     report.set_defaults(run=cmd_report)
+    bench = sub.add_parser("bench", help="speed measurements").add_subparsers(dest="action", required=True)
+    bench_compare = bench.add_parser(
+        "compare", help="time two packaged models alternately in one run: same machine, comparable ratios"
+    )
+    bench_compare.add_argument("base", help="the base's package folder (models/foundry/<name> at the base revision)")
+    bench_compare.add_argument("head", help="the head's package folder")
+    bench_compare.add_argument("--rounds", type=positive_int, default=3, help="timings of each, alternating order")
+    bench_compare.add_argument(
+        "--requests", type=positive_int, default=None, help="timed requests per round (default: evaluate.speed.repeats)"
+    )
+    bench_compare.add_argument("--out", default="reports/pr/speed.json", help="JSON file to write")
+    bench_compare.add_argument("--params", default="params.yaml")
+    bench_compare.set_defaults(run=cmd_bench_compare)
     server = sub.add_parser("serve", help="OpenAI-compatible HTTP server over a packaged model")
     server.add_argument("dir")
     server.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")

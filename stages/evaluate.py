@@ -17,6 +17,7 @@ from slmops.core.errors import InputError, exits_2_on_input_error
 from slmops.core.files import atomic_dir, atomic_write_text, write_json, write_jsonl
 from slmops.core.params import load_params
 from slmops.core.task import load_task, read_labelled
+from slmops.eval.benchmark import hardware
 from slmops.eval.evaluate import (
     EndpointVariant,
     OnnxVariant,
@@ -94,7 +95,7 @@ def main() -> None:
         "execution_provider": params.quantize.execution_provider,
     }
     atomic_write_text(REPORTS / "report.md", render(summary, shipped, len(rows), git_revision()))
-    write_json(REPORTS / "metrics.json", summary)
+    write_json(REPORTS / "metrics.json", {**summary, "hardware": hardware()})
 
 
 if __name__ == "__main__":

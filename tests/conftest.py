@@ -163,3 +163,33 @@ def azurite(tmp_path):
         except subprocess.TimeoutExpired:
             server.kill()
             server.wait()
+
+
+# --- answers of the committed run, and a copy with chosen records flipped (slmops report's paired tests) ----
+
+
+def committed_answers(variant: str = "quantized") -> list[dict]:
+    path = ROOT / f"reports/predictions/{variant}.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def flipped(records: list[dict], right_to_wrong: int, wrong_to_right: int, task) -> list[dict]:
+    """`records` with the first `right_to_wrong` right answers made wrong (intent changed) and the first
+    `wrong_to_right` wrong ones replaced by their label."""
+    from slmops.core.task import score
+
+    out, spoiled, mended = [], 0, 0
+    for record in records:
+        right = score(task, [record["answer"]], [record["label"]])["exact_match"] == 1.0
+        answer = record["answer"]
+        if right and spoiled < right_to_wrong:
+            label = {
+                **record["label"],
+                "intent": "cancel_order" if record["label"]["intent"] != "cancel_order" else "change_address",
+            }
+            answer, spoiled = json.dumps(label), spoiled + 1
+        elif not right and mended < wrong_to_right:
+            answer, mended = json.dumps(record["label"]), mended + 1
+        out.append({**record, "answer": answer})
+    assert (spoiled, mended) == (right_to_wrong, wrong_to_right)
+    return out

@@ -2,16 +2,26 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 
 import pytest
 import yaml
-from conftest import ROOT
+from conftest import ROOT, committed_answers, flipped
 
 from slmops.core.errors import InputError
 from slmops.core.metrics import BY_KEY, GATE_KEYS, HEADLINE, METRICS, VARIANT_COLUMNS
-from slmops.report.compare import MARKER, changed_params, check_gates, compare, read_params_text, read_revision, render
+from slmops.report.compare import (
+    MARKER,
+    Comparison,
+    changed_params,
+    check_gates,
+    compare,
+    read_params_text,
+    read_revision,
+    render,
+)
 
 HEAD_METRICS = {
     "exact_match": 0.85,
@@ -48,8 +58,17 @@ def test_rows_know_which_direction_is_better():
     assert rows["latency_p95_ms"].change == 0
 
 
+def side_by_side(base: dict, head: dict) -> dict:
+    """A `slmops bench compare` result whose speed figures are those of two metrics dicts."""
+    keys = ("latency_p50_ms", "latency_p90_ms", "latency_p95_ms", "ttft_p50_ms", "decode_tokens_per_s", "peak_rss_mb")
+    side = {
+        name: {k: m.get(k) for k in keys} | {"latencies_ms": [1.0, 2.0]} for name, m in (("base", base), ("head", head))
+    }
+    return {"rounds": 2, "requests": 2, "order": ["base", "head", "head", "base"], "hardware": {}, **side}
+
+
 def test_gates_absolute_relative_new_and_missing():
-    rows = compare(BASE_METRICS, HEAD_METRICS)
+    rows = compare(BASE_METRICS, HEAD_METRICS, speed=side_by_side(BASE_METRICS, HEAD_METRICS))
     gates = {
         "exact_match": {"max_regression": 0.01},
         "size_mb": {"max_regression_pct": 30},
@@ -57,37 +76,48 @@ def test_gates_absolute_relative_new_and_missing():
         "latency_p95_ms": {"max_regression": 0},
     }
     results = {g.metric: g for g in check_gates(rows, gates)}
-    assert results["exact_match"].status == "fail" and results["exact_match"].detail == "+3.0 pt worse"
+    assert results["exact_match"].status == "fail" and results["exact_match"].detail == "3.0 pt worse"
     assert results["exact_match"].limit == "1.0 pt worse"
-    assert results["size_mb"].status == "pass" and results["size_mb"].detail == "+25.0% worse"
-    assert results["decode_tokens_per_s"].status == "fail" and results["decode_tokens_per_s"].detail == "+20.0% worse"
-    assert results["latency_p95_ms"].status == "pass"
+    assert results["size_mb"].status == "pass" and results["size_mb"].detail == "25.0% worse"
+    assert results["decode_tokens_per_s"].status == "fail" and results["decode_tokens_per_s"].detail == "20.0% worse"
+    assert results["latency_p95_ms"].status == "pass" and results["latency_p95_ms"].detail == "unchanged"
     first_run = check_gates(compare({}, HEAD_METRICS), gates)
     assert {g.status for g in first_run} == {"new"}
     missing = check_gates(compare(BASE_METRICS, {}), {"exact_match": {"max_regression": 0.01}})
     assert missing[0].status == "fail" and missing[0].detail == "missing in head"
+    better = check_gates(compare(HEAD_METRICS, BASE_METRICS), {"exact_match": {"max_regression": 0.01}})
+    assert better[0].status == "pass" and better[0].detail == "3.0 pt better"  # not "-3.0 pt worse"
 
 
-def test_markdown_has_the_marker_table_params_and_gates():
-    rows = compare(BASE_METRICS, HEAD_METRICS)
+def test_speed_from_two_runs_is_context_never_a_gate():
+    """Committed speed figures of two runs (two machines, perhaps) are shown as context and gate nothing."""
+    slower = {**HEAD_METRICS, "decode_tokens_per_s": 1000.0, "latency_p95_ms": 90.0}
+    rows = {r.metric.key: r for r in compare(BASE_METRICS, slower)}
+    assert rows["latency_p95_ms"].context_only and not rows["exact_match"].context_only
+    gates = check_gates(list(rows.values()), {"latency_p95_ms": {"max_regression_pct": 50}})
+    assert gates[0].status == "context" and "not timed side by side" in gates[0].detail
+    comment = render(Comparison("main", "workspace", list(rows.values()), [], gates))
+    assert "| latency p95 (ms) | 9.00 | 90.00 | +81.00 | +900.0% | context only |" in comment
+    assert "### Speed: context only" in comment and "| latency_p95_ms | 50% worse |" in comment
+    assert comment.splitlines()[1].startswith("**no gate checked**")
+
+
+def test_markdown_has_the_marker_verdict_table_params_and_gates():
+    speed = side_by_side(BASE_METRICS, HEAD_METRICS)
+    rows = compare(BASE_METRICS, HEAD_METRICS, speed=speed)
     gates = check_gates(rows, {"exact_match": {"max_regression": 0.01}})
-    markdown = render(
-        "main",
-        "workspace",
-        rows,
-        [("quantize.precision", "int4", "int8")],
-        gates,
-        {"Latency distribution": "plots/latency.png"},
-    )
-    assert markdown.startswith(MARKER + "\n")
+    params = [("quantize.precision", "int4", "int8")]
+    markdown = render(Comparison("main", "workspace", rows, params, gates, speed=speed))
+    assert markdown.startswith(MARKER + "\n**❌ 1 of 1 gates fail: exact_match**")  # the verdict first
     assert "| exact match | 88.0% | 85.0% | -3.0 pt | -3.4% | ▼ ❌ |" in markdown
     assert "| size on disk (MB) | 0.160 | 0.200 | +0.040 | +25.0% | ▲ ❌ |" in markdown
     assert "| decode tokens/s | 10,000 | 8,000 | -2,000 | -20.0% | ▼ ❌ |" in markdown
     assert "| latency p95 (ms) | 9.00 | 9.00 | +0.00 | +0.0% | = |" in markdown
     assert '| `quantize.precision` | `"int4"` | `"int8"` |' in markdown
-    assert "**❌ 1 gate(s) failed**" in markdown
-    assert "| exact_match | 1.0 pt worse | +3.0 pt worse | ❌ fail |" in markdown
-    assert "![Latency distribution](plots/latency.png)" in markdown
+    assert "| exact_match | 1.0 pt worse | 3.0 pt worse | ❌ fail |" in markdown
+    assert "| decode tokens/s | 10,000 | 8,000 | ×0.80 |" in markdown  # the side-by-side ratio
+    assert "worse |" in markdown and "-3.0 pt worse" not in markdown and "+3.0 pt worse" not in markdown
+    assert "](" not in markdown  # no image or link with a relative path
 
 
 def test_changed_params_lists_added_removed_and_modified_keys():
@@ -180,9 +210,10 @@ def test_report_between_two_commits_fails_on_the_exact_match_gate(history):
     markdown = (history / "out/report.md").read_text()
     assert "## Model report: `HEAD` against `HEAD~1`" in markdown
     assert "| exact match | 88.0% | 85.0% | -3.0 pt | -3.4% | ▼ ❌ |" in markdown
-    assert "| latency p50 (ms) | 5.00 | 6.00 | +1.00 | +20.0% | ▲ ❌ |" in markdown
+    assert "| latency p50 (ms) | 5.00 | 6.00 | +1.00 | +20.0% | context only |" in markdown
     assert '| `quantize.precision` | `"int4"` | `"int8"` |' in markdown
-    assert "| size_mb | 50% worse | +25.0% worse | ✅ pass |" in markdown
+    assert "| size_mb | 50% worse | 25.0% worse | ✅ pass |" in markdown
+    assert "### Accuracy, record by record" not in markdown  # no answers committed: nothing to pair
     assert (history / "out/plots/accuracy_size.png").read_bytes().startswith(b"\x89PNG")
     assert (history / "out/plots/latency.png").is_file()
 
@@ -193,7 +224,7 @@ def test_report_passes_when_the_gates_hold(history):
     (history / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     result = report(history, "--base", "HEAD~1", "--out", "out/report.md")  # head: the workspace
     assert result.returncode == 0, result.stderr
-    assert "**✅ all gates pass**" in (history / "out/report.md").read_text()
+    assert "**✅ all 2 gates pass**" in (history / "out/report.md").read_text()
 
 
 def test_first_run_shows_metrics_as_new(history):
@@ -279,3 +310,230 @@ def test_read_revision_gives_empty_metrics_before_the_first_run(history):
     assert metrics == HEAD_METRICS and set(plots["latency"]) == {"quantized"}
     with pytest.raises(InputError, match="unknown git revision 'nope'"):
         read_revision("nope", history)
+
+
+# --- answers paired record by record: the same commit on another machine, and a real regression ---------------
+
+AMD = {"cpu": "AMD EPYC 7763 64-Core Processor", "cores": 2, "gpu": None}
+INTEL = {"cpu": "Intel(R) Xeon(R) Platinum 8370C CPU @ 2.80GHz", "cores": 2, "gpu": None}
+
+
+def commit_run(repo, answers: dict[str, list[dict]], hardware: dict, speedup: float, message: str, task):
+    """A pipeline run's committed outputs: its answers, metrics.json with the accuracy they score (and the committed
+    run's other figures, speed scaled by `speedup`), plot data; committed on top of the params in place."""
+    from slmops.core.files import write_jsonl
+    from slmops.core.task import score
+
+    metrics = json.loads((ROOT / "reports/metrics.json").read_text())
+    figures = score(task, [r["answer"] for r in answers["quantized"]], [r["label"] for r in answers["quantized"]])
+    teacher = score(task, [r["answer"] for r in answers["teacher"]], [r["label"] for r in answers["teacher"]])
+    metrics.update({k: figures[k] for k in ("exact_match", "schema_valid", "json_valid")})
+    metrics["accuracy_kept"] = figures["exact_match"] / teacher["exact_match"]
+    for key in ("latency_p50_ms", "latency_p95_ms", "ttft_p50_ms"):
+        metrics[key] /= speedup
+    metrics["decode_tokens_per_s"] *= speedup
+    metrics["hardware"] = hardware
+    (repo / "reports/predictions").mkdir(parents=True, exist_ok=True)
+    for variant, rows in answers.items():
+        write_jsonl(repo / f"reports/predictions/{variant}.jsonl", rows)
+    (repo / "reports/metrics.json").write_text(json.dumps(metrics))
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", message)
+
+
+@pytest.fixture()
+def runs(tmp_path, task):
+    """A project with the default params and task: the committed run on an AMD machine, then (HEAD~1 → HEAD) the
+    same commit reproduced on an Intel machine, whose answers differ by noise (12 of 300 records flipped, 7 one
+    way and 5 the other) and whose speed figures differ by 50%."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    for name in ("dvc.yaml", "params.yaml"):
+        (repo / name).write_bytes((ROOT / name).read_bytes())
+    (repo / "data").mkdir()
+    subprocess.run(["cp", "-r", str(ROOT / "data/task"), str(repo / "data/task")], check=True)
+    git(repo, "init", "-q")
+    answers = {"quantized": committed_answers(), "teacher": committed_answers("teacher")}
+    commit_run(repo, answers, AMD, 1.0, "the committed run", task)
+    noisy = {**answers, "quantized": flipped(answers["quantized"], 7, 5, task)}
+    commit_run(repo, noisy, INTEL, 1.5, "the same commit, reproduced on another machine", task)
+    return repo
+
+
+def test_a_no_op_pull_request_on_another_machine_passes_every_gate_within_noise(runs):
+    result = report(runs, "--base", "HEAD~1", "--head", "HEAD", "--out", "out/report.md")
+    assert result.returncode == 0, result.stderr
+    markdown = (runs / "out/report.md").read_text()
+    assert markdown.splitlines()[1] == (
+        "**✅ all 3 gates pass** · no accuracy change beyond noise · speed: context only (base not timed here)"
+    )
+    assert "| exact match | 92.3% | 91.7% | -0.7 pt | -0.7% | ≈ within noise |" in markdown
+    assert "| accuracy kept vs teacher | 103.7% | 103.0% | -0.7 pt | -0.7% | ≈ within noise |" in markdown
+    assert "| decode tokens/s |" in markdown and "+50.0% | context only |" in markdown
+    assert "| exact_match | 1.0 pt worse | 0.7 pt worse (interval" in markdown and "| ✅ pass |" in markdown
+    assert "| latency_p95_ms | 50% worse | not gated: base and head were not timed side by side" in markdown
+    assert "| exact match | 92.3% | 91.7% | -0.7 pt | -3.0 pt to +1.7 pt | 7 | 5 | 0.774 | ≈ within noise |" in (
+        markdown
+    )
+    assert "McNemar's exact test on the records that flipped" in markdown
+    assert "Base and head metrics come from different hardware: base AMD EPYC 7763" in markdown
+    assert "| ▼ ❌ |" not in markdown and "❌ fail" not in markdown and "](" not in markdown
+
+
+def test_a_real_regression_fails_its_gate_with_the_interval_shown(runs, task):
+    answers = {"quantized": flipped(committed_answers(), 20, 2, task), "teacher": committed_answers("teacher")}
+    commit_run(runs, answers, INTEL, 1.0, "a worse model", task)
+    result = report(runs, "--base", "HEAD~2", "--head", "HEAD", "--out", "out/report.md")
+    assert result.returncode == 1 and "gate(s) failed: exact_match" in result.stderr
+    markdown = (runs / "out/report.md").read_text()
+    assert markdown.splitlines()[1].startswith(
+        "**❌ 1 of 3 gates fail: exact_match** · accuracy beyond noise: exact match -6.0 pt"
+    )
+    gate = next(line for line in markdown.splitlines() if line.startswith("| exact_match |"))
+    assert gate.startswith("| exact_match | 1.0 pt worse | 6.0 pt worse (interval -9.0 pt to -3.3 pt")
+    assert gate.endswith("one-sided p < 0.001, significant at 0.05) | ❌ fail |")
+    assert "| exact match | 92.3% | 86.3% | -6.0 pt | -6.5% | ▼ ❌ |" in markdown
+
+
+def test_a_deliberately_worse_params_change_fails_its_gate_with_the_interval_shown(runs, task):
+    """Real answers of a worse model: `dvc exp run -S distill.train.epochs=3` (12 in the default) on the default,
+    its shipped model's answer to each eval record kept in tests/data/worse_distill3_answers.json."""
+    answers = json.loads((ROOT / "tests/data/worse_distill3_answers.json").read_text())
+    worse = [{**record, "answer": answers[record["id"]]} for record in committed_answers()]
+    commit_run(runs, {"quantized": worse, "teacher": committed_answers("teacher")}, INTEL, 1.0, "3 epochs", task)
+    result = report(runs, "--base", "HEAD~2", "--head", "HEAD", "--out", "out/report.md")
+    assert result.returncode == 1 and "gate(s) failed: exact_match" in result.stderr
+    markdown = (runs / "out/report.md").read_text()
+    assert markdown.splitlines()[1].startswith(
+        "**❌ 1 of 3 gates fail: exact_match** · accuracy beyond noise: exact match -79.7 pt"
+    )
+    assert (
+        "| exact_match | 1.0 pt worse | 79.7 pt worse (interval -84.3 pt to -75.0 pt; one-sided p < 0.001, "
+        "significant at 0.05) | ❌ fail |"
+    ) in markdown
+    assert "| exact match | 92.3% | 12.7% | -79.7 pt | -84.3 pt to -75.0 pt | 240 | 1 | < 0.001 | ▼ ❌ |" in markdown
+
+
+def test_a_larger_significance_level_is_stricter(runs):
+    """At 0.5, a 0.7-point loss with one-sided p = 0.39 counts as significant; with 0.5 point allowed, it fails."""
+    params = yaml.safe_load((runs / "params.yaml").read_text())
+    params["gates"]["exact_match"] = {"max_regression": 0.005, "significance": 0.5}
+    (runs / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    git(runs, "commit", "-qam", "a tight gate")
+    result = report(runs, "--base", "HEAD~2", "--head", "HEAD", "--out", "out/report.md")
+    assert result.returncode == 1, result.stderr
+    gate = next(line for line in (runs / "out/report.md").read_text().splitlines() if line.startswith("| exact_match"))
+    assert "0.7 pt worse" in gate and "significant at 0.5" in gate and "❌ fail" in gate
+
+
+# --- charts and experiments ---------------------------------------------------------------------------------
+
+
+def mermaid_blocks(markdown: str) -> list[list[str]]:
+    blocks, current = [], None
+    for line in markdown.splitlines():
+        if line == "```mermaid":
+            current = []
+        elif line == "```" and current is not None:
+            blocks.append(current)
+            current = None
+        elif current is not None:
+            current.append(line.strip())
+    assert current is None, "an unclosed Mermaid block"
+    return blocks
+
+
+def test_the_comment_draws_mermaid_charts_and_links_no_image(history):
+    result = report(history, "--base", "HEAD~1", "--head", "HEAD", "--out", "out/report.md")
+    assert result.returncode == 1, result.stderr
+    markdown = (history / "out/report.md").read_text()
+    assert "![" not in markdown and "](" not in markdown and ".png" not in markdown
+    blocks = mermaid_blocks(markdown)
+    assert [b[1] for b in blocks] == [
+        'title "Exact match by variant (bars: head, line: base)"',
+        'title "Size on disk by variant (bars: head, line: base)"',
+        'title "Request latency of the quantized model, two runs, context only (ms; first line: base, second: head)"',
+    ]
+    for block in blocks:  # the grammar of xychart-beta: a title, an x-axis of labels, a y-axis, one value per label
+        assert block[0] == "xychart-beta" and block[1].count('"') == 2
+        assert re.fullmatch(r'x-axis \["[^"]+"(, "[^"]+")*\]', block[2]) and block[3].startswith('y-axis "')
+        labels = block[2].count('"') // 2
+        series = block[4:]
+        assert series and all(re.fullmatch(r"(bar|line) \[-?[\d.e+-]+(, -?[\d.e+-]+)*\]", s) for s in series)
+        assert all(len(s.split(",")) == labels for s in series)
+    assert blocks[0][2] == 'x-axis ["quantized"]' and blocks[0][4:] == ["bar [85]", "line [88]"]
+    assert blocks[2][4:] == ["line [5.4, 6, 7, 8, 8.6, 8.8]", "line [6.3, 6.75, 7.5, 8.25, 8.7, 8.85]"]
+    assert (history / "out/plots/accuracy_size.png").read_bytes().startswith(b"\x89PNG")  # PNGs: artifacts only
+
+
+MERMAID = ROOT / "tools/mermaid"
+
+
+def mermaid_parse(markdown_file):
+    return subprocess.run(["node", MERMAID / "parse.mjs", markdown_file], capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.skipif(not (MERMAID / "node_modules/mermaid").is_dir(), reason="make mermaid (npm) not run")
+def test_mermaid_itself_parses_the_comments_charts_and_refuses_a_broken_one(history, tmp_path):
+    result = report(history, "--base", "HEAD~1", "--head", "HEAD", "--out", "out/report.md")
+    assert result.returncode == 1, result.stderr
+    parsed = mermaid_parse(history / "out/report.md")
+    assert parsed.returncode == 0, parsed.stderr
+    assert parsed.stdout.splitlines() == [
+        "block 1: xychart",
+        "block 2: xychart",
+        "block 3: xychart",
+        "3 Mermaid blocks parse",
+    ]
+    broken = tmp_path / "broken.md"
+    broken.write_text((history / "out/report.md").read_text().replace("bar [85]", "bar [85"))
+    parsed = mermaid_parse(broken)
+    assert parsed.returncode == 1 and "block 1: Parse error" in parsed.stderr
+
+
+def test_experiments_are_compared_by_name_and_ranked(history):
+    """Two DVC experiments on top of the base commit (refs as `dvc exp run` writes them), ranked in one table."""
+    git(history, "tag", "int8-run")
+    params = yaml.safe_load((history / "params.yaml").read_text())
+    params["finetune"]["lora"]["r"], params["quantize"]["precision"] = 16, "int4"
+    commit_pipeline_state(history, params, {**BASE_METRICS, "exact_match": 0.9}, "r16")
+    baseline = subprocess.run(
+        ["git", "rev-parse", "HEAD~2"], cwd=history, capture_output=True, text=True, check=True
+    ).stdout.strip()
+    for name, rev in (("worse-int8", "int8-run"), ("better-r16", "HEAD")):
+        git(history, "update-ref", f"refs/exps/{baseline[:2]}/{baseline[2:]}/{name}", rev)
+    git(history, "reset", "-q", "--hard", "HEAD~2")  # back on the baseline, as after `dvc exp run --queue`
+
+    single = report(history, "--base", "HEAD", "--head", "better-r16", "--out", "out/one.md")
+    assert single.returncode == 0, single.stderr
+    assert "| exact match | 88.0% | 90.0% | +2.0 pt | +2.3% | ▲ ✅ |" in (history / "out/one.md").read_text()
+
+    ranked = report(history, "--base", "HEAD", "--experiments", "--out", "out/ranked.md")
+    assert ranked.returncode == 1 and "gate(s) failed: exact_match (worse-int8)" in ranked.stderr
+    markdown = (history / "out/ranked.md").read_text()
+    assert markdown.startswith(MARKER + "\n**2 experiments against `HEAD`: 1 pass every gate; best: `better-r16`**")
+    rows = [line for line in markdown.splitlines() if line.startswith("| 1 |") or line.startswith("| 2 |")]
+    assert rows[0].startswith("| 1 | `better-r16` | `finetune.lora.r`=16 | 90.0% | +2.0 pt |")
+    assert rows[1].startswith('| 2 | `worse-int8` | `quantize.precision`="int8" | 85.0% | -3.0 pt |')
+    assert rows[0].endswith("| ✅ |") and rows[1].endswith("| ❌ exact_match |")
+    assert markdown.count("<details>") == 2
+
+
+def test_no_experiments_is_a_clear_error(history):
+    result = report(history, "--base", "HEAD", "--experiments")
+    assert result.returncode == 2 and "no DVC experiments on top of 'HEAD'" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("gate", "message"),
+    [
+        ({"max_regression_pct": 10, "significance": 0.05}, "gates.size_mb.significance: only a per-record share"),
+        ({"max_regression_pct": 10, "significance": 1.0}, "gates.size_mb.significance: Input should be less than 1"),
+    ],
+)
+def test_a_significance_level_only_on_a_per_record_share_and_below_one(history, gate, message):
+    params = yaml.safe_load((history / "params.yaml").read_text())
+    params["gates"]["size_mb"] = gate
+    (history / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    result = report(history, "--base", "HEAD")
+    assert result.returncode == 2 and message in result.stderr

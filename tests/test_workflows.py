@@ -73,3 +73,34 @@ def test_pipeline_script_is_valid_bash_and_needs_a_mode():
     assert subprocess.run(["bash", "-n", ROOT / "scripts/pipeline.sh"]).returncode == 0
     result = subprocess.run(["bash", ROOT / "scripts/pipeline.sh"], capture_output=True, text=True)
     assert result.returncode != 0 and "usage: scripts/pipeline.sh pr BASE_REF | main" in result.stderr
+
+
+def base_package(rev, out, **env):
+    import os
+
+    return subprocess.run(
+        ["bash", ROOT / "scripts/base_package.sh", rev, out],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", **env},
+    )
+
+
+@pytest.mark.skipif(
+    not (ROOT / "models/foundry/support-triage-slm/genai_config.json").is_file(),
+    reason="the default package is not built here (dvc checkout)",
+)
+def test_base_package_comes_from_dvc_at_the_base_revision(tmp_path):
+    result = base_package("HEAD", tmp_path / "base")
+    assert result.returncode == 0, result.stderr
+    folder = Path(result.stdout.strip())
+    assert folder == tmp_path / "base/support-triage-slm" and (folder / "genai_config.json").is_file()
+
+
+def test_base_package_of_an_unknown_revision_fails_and_the_pipeline_falls_back_to_context(tmp_path):
+    result = base_package("no-such-revision", tmp_path / "base", SLMOPS_REBUILD_BASE="0")
+    assert result.returncode == 1 and result.stdout == ""
+    assert "models/foundry at no-such-revision is in neither the DVC cache nor the remote" in result.stderr
+    script = (ROOT / "scripts/pipeline.sh").read_text()
+    assert 'slmops bench compare "$base_package" "$head_package" --out reports/pr/speed.json' in script
+    assert 'slmops report --base "$base_rev" "${speed[@]}"' in script

@@ -15,9 +15,9 @@ import json
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from slmops.core.metrics import GATE_KEYS
+from slmops.core.metrics import GATE_KEYS, PER_RECORD_KEYS
 
 SCHEMA_PATH = Path(__file__).with_name("params.schema.json")
 
@@ -408,13 +408,24 @@ class Package(Section):
 
 class Gate(Section):
     """Exactly one of max_regression (absolute, in the metric's units: 0.01 is one point of a rate) or
-    max_regression_pct (percent of the base value)."""
+    max_regression_pct (percent of the base value); on a per-record share (exact_match, schema_valid,
+    json_valid), optionally the significance level a regression must also reach to fail."""
 
     max_regression: float | None = Field(
         default=None, ge=0, description=("Largest allowed worsening, in the metric's units.")
     )
     max_regression_pct: float | None = Field(
         default=None, ge=0, description=("Largest allowed worsening, in percent of the base value.")
+    )
+    significance: float | None = Field(
+        default=None,
+        gt=0,
+        lt=1,
+        description=(
+            "Per-record shares only (exact_match, schema_valid, json_valid): the gate fails only when the "
+            "regression is larger than allowed and significant at this level (McNemar's exact test, one-sided, "
+            "on the eval records whose answer flipped). null: 0.05."
+        ),
     )
 
     @model_validator(mode="after")
@@ -453,6 +464,17 @@ class Params(Section):
             "that passes. A metric missing at base (first run) passes as new."
         )
     )
+
+    @field_validator("gates")
+    @classmethod
+    def _significance_on_per_record_shares(cls, gates: dict) -> dict:
+        for key, gate in gates.items():
+            if gate.significance is not None and key not in PER_RECORD_KEYS:
+                raise ValueError(
+                    f"{key}.significance: only a per-record share ({', '.join(PER_RECORD_KEYS)}) is tested "
+                    "for significance; remove it"
+                )
+        return gates
 
 
 def json_schema() -> str:

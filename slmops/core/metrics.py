@@ -34,6 +34,8 @@ class Metric:
     compared: a row of `slmops report`'s table, base against head; a gate in params.yaml may name it.
     column: its header in report.md's per-variant table; None: not a column there.
     column_fmt: its pattern in that table when it differs from `fmt` (shorter, as the table is wide); None: fmt.
+    per_record: a share of eval records (right or wrong one by one, from reports/predictions/): `slmops report`
+        pairs base and head record by record and tests the change (a gate on it may set a significance level).
     """
 
     key: str
@@ -46,6 +48,7 @@ class Metric:
     compared: bool = False
     column: str | None = None
     column_fmt: str | None = None
+    per_record: bool = False
 
     @property
     def is_rate(self) -> bool:
@@ -123,7 +126,16 @@ METRICS = (
         column="peak RSS MB",
     ),
     Metric(
-        "exact_match", "exact match", RATE, "{:.1%}", True, ACCURACY, headline=True, compared=True, column="exact match"
+        "exact_match",
+        "exact match",
+        RATE,
+        "{:.1%}",
+        True,
+        ACCURACY,
+        headline=True,
+        compared=True,
+        column="exact match",
+        per_record=True,
     ),
     Metric(
         "schema_valid",
@@ -135,6 +147,7 @@ METRICS = (
         headline=True,
         compared=True,
         column="schema-valid",
+        per_record=True,
     ),
     Metric(
         "json_valid",
@@ -146,6 +159,7 @@ METRICS = (
         headline=True,
         compared=True,
         column="JSON-valid",
+        per_record=True,
     ),
     # Retention: the shipped model against the teacher (slmops.eval.evaluate.retention), top level only.
     Metric("accuracy_kept", "accuracy kept vs teacher", RATE, "{:.1%}", True, RETENTION, compared=True),
@@ -176,3 +190,7 @@ VARIANT_COLUMNS = select((PARAMETERS, SIZE, ACCURACY, SPEED), "column")
 COMPARED = select((SIZE, SPEED, ACCURACY, RETENTION), "compared")
 # The keys a gate in params.yaml may name (an enum in params.schema.json): exactly the rows of `slmops report`.
 GATE_KEYS = tuple(m.key for m in COMPARED)
+# Gates that may set a significance level: the per-record shares, tested record by record.
+PER_RECORD_KEYS = tuple(m.key for m in COMPARED if m.per_record)
+# Speed and memory: comparable only when base and head are timed on one machine in one run (`slmops bench compare`).
+SPEED_KEYS = tuple(m.key for m in COMPARED if m.group == SPEED)

@@ -8,10 +8,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import platform
+import shutil
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
+from importlib import metadata
 
 import numpy as np
 
@@ -132,6 +136,52 @@ def peak_rss_mb() -> float:
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) / 1024
     raise RuntimeError("no VmHWM in /proc/self/status (peak memory is measured on Linux only)")
+
+
+RUNTIMES = ("onnxruntime", "onnxruntime-genai", "torch", "transformers")
+
+
+def hardware() -> dict:
+    """What the speed figures were measured on: {"cpu": model name, "cores": logical CPUs, "gpu": names or None,
+    "os": platform, "python": version, "runtimes": {distribution: version or None}}. Two runs' speed figures
+    are comparable only when these match (and even then, only when timed in one run: `slmops bench compare`)."""
+    return {
+        "cpu": _cpu_model(),
+        "cores": os.cpu_count(),
+        "gpu": _gpus(),
+        "os": platform.platform(terse=True),
+        "python": platform.python_version(),
+        "runtimes": {name: _version(name) for name in RUNTIMES},
+    }
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as info:
+            for line in info:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _gpus() -> list[str] | None:
+    """NVIDIA GPUs by name (nvidia-smi); None when there is none or no driver."""
+    if shutil.which("nvidia-smi") is None:
+        return None
+    result = subprocess.run(
+        ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True, text=True, timeout=30
+    )
+    names = [line.strip() for line in result.stdout.splitlines() if line.strip()]
+    return names if result.returncode == 0 and names else None
+
+
+def _version(distribution: str) -> str | None:
+    try:
+        return metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        return None
 
 
 def _child() -> None:
