@@ -183,13 +183,16 @@ def test_model_card_names_what_made_the_model(task):
         params,
         metrics,
         {"backend": "bootstrap", "weights_sha256": "ab" * 32},
-        {"accepted": 3991, "prompts": 4000, "rejected": 9},
+        {"accepted": 3991, "prompts": 4000, "rejected": 9, "rejected_by": {"schema": 7, "content_filter": 2}},
         "abc1234",
     )
     assert card.startswith("# tiny-slm (version 2)")
     assert "git revision `abc1234`" in card and "1,000-parameter student" in card and "5,000-parameter teacher" in card
     assert task.instruction.strip() in card
-    assert "3,991 answers accepted of 4,000 prompts" in card and "ab" * 32 in card
+    assert (
+        "3,991 answers accepted of 4,000 prompts (9 rejected by the answer parser: 7 schema, 2 content_filter)" in card
+    )
+    assert "ab" * 32 in card
     assert "finetune:\n  method: lora" in card and "| quantized | r | 1,000 |" in card
 
 

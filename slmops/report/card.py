@@ -44,7 +44,7 @@ def model_card(
             "",
             f"- Teacher-labelled (synthetic): {synthesize.get('accepted', 0):,} answers accepted of "
             f"{synthesize.get('prompts', 0):,} prompts "
-            f"({synthesize.get('rejected', 0):,} rejected by the schema check).",
+            f"({synthesize.get('rejected', 0):,} rejected by the answer parser{rejected_by(synthesize)}).",
             f"- Human-labelled fine-tuning set: `{params.data.labelled}`.",
             f"- Held-out evaluation set: `{params.data.eval}` ({shipped['n']:,} records).",
             "",
@@ -84,3 +84,9 @@ def teacher_line(teacher: dict) -> str:
         f"Backend `{teacher.get('backend')}`, source `{teacher.get('source')}`, revision `{teacher.get('revision')}`, "
         f"weights SHA-256 `{teacher.get('weights_sha256')}`."
     )
+
+
+def rejected_by(synthesize: dict) -> str:
+    """': 4 schema, 2 no_json' from synthesize.json's count of rejected answers per kind ('' when none)."""
+    kinds = synthesize.get("rejected_by") or {}
+    return ": " + ", ".join(f"{n:,} {kind}" for kind, n in kinds.items()) if kinds else ""
