@@ -1,6 +1,26 @@
-"""The family matrix: tiny random-weight models of real families (tests/families.py) through the pipeline."""
+"""The family matrix: tiny models of real families (tests/families.py) through the pipeline by params alone.
+
+Per family, in one module-scoped run (stages in-process, package in a subprocess: Foundry Local's manager is one
+per process):
+- teacher role: teacher.backend hf on the family's model; synthesize with its log-probs; distill a Llama
+  student built on the family's tokenizer (logit KD); finetune; quantize with the builder; evaluate; package and
+  verify in Foundry Local.
+- student role: student.model the family's model, distilled on the same teacher's answers (same tokenizer, so
+  logit KD); finetune (LoRA all-linear); quantize with the builder and with Olive, each evaluated, packaged and
+  verified.
+The family's model is first taught the task briefly (a random-weight teacher would answer nothing valid).
+"""
+
+import importlib
+import json
+import os
+import shutil
+import time
+from pathlib import Path
 
 import pytest
+import yaml
+from conftest import ROOT, run_stage
 from families import FAMILIES, SPECS, build
 from transformers import AutoConfig, AutoTokenizer, GenerationConfig
 
@@ -50,3 +70,187 @@ def test_factory_templates_keep_each_familys_system_handling(folders):
 def test_factory_refuses_an_unknown_family(tmp_path):
     with pytest.raises(ValueError, match="unknown family 'gpt2'"):
         build("gpt2", tmp_path)
+
+
+INTENT_SCHEMA = json.loads((ROOT / "data/task/answer.schema.json").read_text())
+INTENT_SCHEMA["required"] = ["intent"]
+INTENT_SCHEMA["properties"] = {"intent": INTENT_SCHEMA["properties"]["intent"]}
+
+
+def intent_task(root: Path) -> None:
+    """The seed task cut to its intent field, in `root`/data: a short answer that a tiny model learns in seconds
+    (the families under test differ in architecture, tokenizer and template, not in the task)."""
+    task = root / "data/task"
+    task.mkdir(parents=True)
+    (task / "answer.schema.json").write_text(json.dumps(INTENT_SCHEMA))
+    spec = yaml.safe_load((ROOT / "data/task/task.yaml").read_text())
+    spec["instruction"] = "Answer with one JSON object holding the customer's intent."
+    spec["scoring"] = {"fields": ["intent"], "case_insensitive": ["intent"]}
+    (task / "task.yaml").write_text(yaml.safe_dump(spec))
+    small = root / "data/small"
+    small.mkdir(parents=True)
+    for src, dst, n in (
+        ("seed/labelled.jsonl", "labelled.jsonl", 64),
+        ("prompts/unlabelled.jsonl", "prompts.jsonl", 32),
+        ("eval/eval.jsonl", "eval.jsonl", 8),
+    ):
+        rows = [json.loads(line) for line in (ROOT / "data" / src).read_text().splitlines()[:n]]
+        for row in rows:
+            if "label" in row:
+                row["label"] = {"intent": row["label"]["intent"]}
+        (small / dst).write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def small_project(root: Path, edit) -> Path:
+    """The intent task in `root`, with params.yaml small enough for seconds per stage."""
+    intent_task(root)
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["data"] = {k: f"data/small/{k}.jsonl" for k in ("labelled", "prompts", "eval")}
+    params["student"]["config"].update(
+        hidden_size=32, num_attention_heads=2, num_key_value_heads=2, intermediate_size=64
+    )
+    params["distill"]["train"]["epochs"] = 1
+    params["finetune"]["train"]["epochs"] = 1
+    params["finetune"]["lora"]["r"] = 4
+    params["synthesize"]["generation"]["max_new_tokens"] = 24
+    params["evaluate"]["generation"]["max_new_tokens"] = 24
+    params["evaluate"]["speed"].update(warmup=1, repeats=2)
+    params["quantize"]["parity"]["prompts"] = 4
+    params["package"]["name"] = "family-triage"
+    params["package"]["verify"]["max_output_tokens"] = 24
+    edit(params)
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    return root
+
+
+def taught(family: str, folder: Path, project: Path, steps: int = 40) -> Path:
+    """The family's tiny model after a few Adam steps on four labelled rows of the project's task, so that it
+    answers in schema-valid JSON (a random-weight teacher's answers would all be rejected). A plain loop, not
+    the pipeline's trainer: a few full-batch steps, in seconds."""
+    import torch
+
+    from slmops.core.task import load_task, read_labelled
+    from slmops.models.hf import load_model_and_tokenizer
+    from slmops.train.data import Collator, sft_examples
+
+    build(family, folder)
+    task = load_task(project / "data/task")
+    rows = read_labelled(project / "data/small/labelled.jsonl", task)[:4]
+    model, tokenizer = load_model_and_tokenizer(folder)
+    batch = Collator(tokenizer.pad_token_id)(sft_examples(task, tokenizer, rows))
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
+    torch.manual_seed(0)
+    model.train()
+    for _ in range(steps):
+        model(**batch).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    model.save_pretrained(folder)
+    return folder
+
+
+class Run:
+    """Runs stages in a project folder, recording per stage its outcome and seconds."""
+
+    def __init__(self, root: Path):
+        self.root, self.outcome, self.seconds = root, {}, {}
+
+    def stage(self, name: str, key: str | None = None) -> bool:
+        key = key or name
+        started = time.perf_counter()
+        previous = os.getcwd()
+        os.chdir(self.root)
+        try:
+            if name == "package":
+                result = run_stage(self.root, "package")
+                self.outcome[key] = "ok" if result.returncode == 0 else result.stderr[-3000:]
+            else:
+                importlib.import_module(f"stages.{name}").main()
+                self.outcome[key] = "ok"
+        except (Exception, SystemExit) as err:  # the cell records it; its test shows it
+            self.outcome[key] = f"{type(err).__name__}: {err}"
+        finally:
+            os.chdir(previous)
+            self.seconds[key] = round(time.perf_counter() - started, 1)
+        return self.outcome[key] == "ok"
+
+    def chain(self, names: list[str], suffix: str = "") -> bool:
+        return all(self.stage(n, f"{n}{suffix}") for n in names)  # all() stops at the first failure
+
+    def failed(self, keys) -> str:
+        return "; ".join(
+            f"{k}: {self.outcome.get(k, 'not run (an earlier stage failed)')}"
+            for k in keys
+            if self.outcome.get(k) != "ok"
+        )
+
+
+SHIP = ["finetune", "quantize", "evaluate", "package"]
+
+
+@pytest.fixture(scope="module", params=FAMILIES)
+def matrix(request, tmp_path_factory):
+    """(family, teacher-role Run, student-role Run) for one family: every stage's outcome and seconds."""
+    family = request.param
+    work = tmp_path_factory.mktemp(f"matrix-{family}")
+    model = work / f"{family}-model"
+
+    def as_teacher(params):
+        params["teacher"].update(backend="hf", model=str(model))
+
+    teacher = Run(small_project(work / "teacher-role", as_teacher))
+    started = time.perf_counter()
+    taught(family, model, teacher.root)
+    teach_s = time.perf_counter() - started
+    teacher.seconds["teach"] = round(teach_s, 1)
+    teacher.chain(["teacher", "synthesize", "distill", *SHIP])
+
+    def as_student(params):
+        as_teacher(params)
+        params["student"]["model"] = str(model)
+
+    student = Run(small_project(work / "student-role", as_student))
+    for name in ("models/teacher", "data/synthetic", "reports"):
+        if (teacher.root / name).exists():
+            shutil.copytree(teacher.root / name, student.root / name)
+    if student.chain(["distill", *SHIP]):
+        params = yaml.safe_load((student.root / "params.yaml").read_text())
+        params["quantize"]["engine"] = "olive"
+        (student.root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        student.chain(["quantize", "evaluate", "package"], " (olive)")
+    record = {"teacher": teacher.seconds, "student": student.seconds}
+    print(f"\n{family}: seconds {json.dumps(record)}")
+    return family, teacher, student
+
+
+def metrics_of(run: Run) -> dict:
+    return json.loads((run.root / "reports/metrics.json").read_text())
+
+
+def test_teacher_role_labels_distills_and_ships(matrix):
+    family, teacher, _ = matrix
+    keys = ["teacher", "synthesize", "distill", *SHIP]
+    assert not teacher.failed(keys), f"{family} as teacher: {teacher.failed(keys)}"
+    meta = json.loads((teacher.root / "data/synthetic/meta.json").read_text())
+    assert meta["logprobs_top_k"] == 8
+    assert json.loads((teacher.root / "reports/distill.json").read_text())["logit_kd"] is True
+    student = AutoTokenizer.from_pretrained(teacher.root / "models/finetuned")
+    assert student.chat_template == SPECS[family]["template"]  # the student speaks the teacher's template
+    assert json.loads((teacher.root / "reports/package.json").read_text())["verified"] is True
+
+
+@pytest.mark.parametrize("engine", ["builder", "olive"])
+def test_student_role_distills_finetunes_quantizes_and_verifies(matrix, engine):
+    family, _, student = matrix
+    suffix = "" if engine == "builder" else " (olive)"
+    keys = ["distill", "finetune", *(f"{k}{suffix}" for k in ("quantize", "evaluate", "package"))]
+    assert not student.failed(keys), f"{family} as student, {engine}: {student.failed(keys)}"
+    assert json.loads((student.root / "reports/distill.json").read_text())["logit_kd"] is True
+    assert json.loads((student.root / "reports/quantize.json").read_text())["engine"] == engine
+    config = AutoConfig.from_pretrained(student.root / "models/finetuned")
+    assert config.model_type == SPECS[family]["model_type"]
+    genai = json.loads((student.root / "models/onnx/genai_config.json").read_text())
+    ends = GenerationConfig.from_pretrained(student.root / "models/student").eos_token_id
+    assert genai["model"]["eos_token_id"] == ends
+    assert "quantized" in {v for v in metrics_of(student)} or metrics_of(student)
+    assert json.loads((student.root / "reports/package.json").read_text())["verified"] is True

@@ -31,8 +31,10 @@ def pin_hf(model: str, revision: str | None, out_dir: Path) -> dict:
     return identity
 
 
-def load_teacher(teacher_dir: str | Path):
-    """(model, tokenizer, identity) of the teacher the teacher stage pinned; refuses changed weights."""
+def pinned_folder(teacher_dir: str | Path) -> tuple[Path, dict]:
+    """(model folder, identity) of the teacher the teacher stage pinned in `teacher_dir`: the folder itself for a
+    bootstrap teacher, the pinned local folder or hub snapshot for an hf one. InputError when it is not pinned or
+    its weights changed since."""
     teacher_dir = Path(teacher_dir)
     identity_path = teacher_dir / IDENTITY_FILE
     if not identity_path.is_file():
@@ -44,5 +46,11 @@ def load_teacher(teacher_dir: str | Path):
         folder, _ = resolve_model(identity["source"], identity["revision"], f"{identity_path}: source")
     if hash_weights(folder) != identity["weights_sha256"]:
         raise InputError(f"{folder}: weights differ from those pinned in {identity_path}; rerun the teacher stage")
+    return folder, identity
+
+
+def load_teacher(teacher_dir: str | Path):
+    """(model, tokenizer, identity) of the teacher the teacher stage pinned; refuses changed weights."""
+    folder, identity = pinned_folder(teacher_dir)
     model, tokenizer = load_model_and_tokenizer(folder)
     return model, tokenizer, identity

@@ -32,6 +32,8 @@ def make_student(student: Student, teacher_dir: str | Path, seed: int):
             "to a model folder or hub id, e.g. Qwen/Qwen2.5-0.5B-Instruct"
         )
     teacher_tokenizer = AutoTokenizer.from_pretrained(teacher_dir)
+    if teacher_tokenizer.pad_token is None:  # e.g. Llama 3 and Mistral tokenizers define none; batches need one
+        teacher_tokenizer.pad_token = teacher_tokenizer.eos_token
     torch.manual_seed(seed)
     return build_llama(student.config, teacher_tokenizer), teacher_tokenizer
 
