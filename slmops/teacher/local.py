@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 from transformers import AutoTokenizer
@@ -15,10 +16,12 @@ from slmops.models.hf import (
 )
 
 IDENTITY_FILE = "teacher.json"
+GENERATION_CONFIG = "generation_config.json"
 
 
 def pin_hf(model: str, revision: str | None, out_dir: Path) -> dict:
-    """Record name, revision and weights hash of an existing model; keep a copy of its tokenizer."""
+    """Record name, revision and weights hash of an existing model; keep a copy of its tokenizer and of its
+    generation config (its end token ids, which a student built on the tokenizer must share)."""
     folder, commit = resolve_model(model, revision, "teacher.model")
     identity = {
         "backend": "hf",
@@ -27,6 +30,8 @@ def pin_hf(model: str, revision: str | None, out_dir: Path) -> dict:
         "weights_sha256": hash_weights(folder),
     }
     AutoTokenizer.from_pretrained(folder).save_pretrained(out_dir)
+    if (folder / GENERATION_CONFIG).is_file():
+        shutil.copy(folder / GENERATION_CONFIG, out_dir / GENERATION_CONFIG)
     (out_dir / IDENTITY_FILE).write_text(json.dumps(identity, indent=2) + "\n")
     return identity
 
