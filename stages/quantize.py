@@ -20,7 +20,7 @@ from slmops.core.files import atomic_dir, write_json
 from slmops.core.params import load_params
 from slmops.core.task import load_task, read_labelled
 from slmops.models.hf import load_model_and_tokenizer
-from slmops.onnx.export import export, folder_size, require_local_model
+from slmops.onnx.export import check_head_size, export, folder_size, require_local_model
 from slmops.onnx.parity import check_parity, parity_inputs
 from slmops.onnx.runtime import OnnxChatModel
 
@@ -35,6 +35,7 @@ def main() -> None:
     params = load_params()
     quantize = params.quantize
     require_local_model(FINETUNED)
+    check_head_size(FINETUNED, quantize.execution_provider)
     task = load_task(params.task.dir)
     rows = read_labelled(params.data.eval, task)[: quantize.parity.prompts]
     started = time.perf_counter()

@@ -6,7 +6,7 @@ Each folder holds what a hub model of that family holds: config.json (the family
 weights (safetensors), a byte-level BPE tokenizer trained locally on the task's data with the family's special
 tokens, a `chat_template` in the family's style, and generation_config.json with the family's end token ids
 (several where the family has several). `overrides` change keys of the model config (e.g. hidden_size,
-tie_word_embeddings). Sizes are tiny (hidden 48, 2 layers, a vocabulary of about 400) so that a family runs
+tie_word_embeddings). Sizes are tiny (hidden 64, 2 layers, a vocabulary of about 400) so that a family runs
 through the whole pipeline in seconds on a CPU.
 
 The templates follow the families' published ones, trimmed of tool calling:
@@ -38,7 +38,7 @@ from transformers import (
 )
 
 ROOT = Path(__file__).resolve().parent.parent
-VOCAB_SIZE = 400  # before special tokens; never equal to a layer width (the builder would take it for the LM head)
+VOCAB_SIZE = 1000  # before special tokens; never equal to a layer width (the builder would take it for the LM head)
 
 LLAMA3_TEMPLATE = (
     "{{ bos_token }}{% for message in messages %}"
@@ -147,16 +147,16 @@ SPECS = {
         "ends": ["<eos>", "<end_of_turn>"],
         "adds_bos": True,
         "template": GEMMA_TEMPLATE,
-        "config": {"tie_word_embeddings": True, "head_dim": 24, "hidden_activation": "gelu_pytorch_tanh"},
+        "config": {"tie_word_embeddings": True, "head_dim": 16, "hidden_activation": "gelu_pytorch_tanh"},
     },
 }
 FAMILIES = tuple(SPECS)
 
 SHAPE = {
-    "hidden_size": 48,
+    "hidden_size": 64,
     "num_hidden_layers": 2,
-    "num_attention_heads": 2,
-    "num_key_value_heads": 1,
+    "num_attention_heads": 4,  # head size 16: onnxruntime's GroupQueryAttention needs a multiple of 16
+    "num_key_value_heads": 2,
     "intermediate_size": 96,
     "max_position_embeddings": 256,
 }

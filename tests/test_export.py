@@ -191,3 +191,21 @@ def test_quantize_stage_rejects_bad_params(quantize_project, key, value, expecte
 def test_quantize_stage_without_a_finetuned_model(project):
     result = run_stage(project, "quantize")
     assert result.returncode == 2 and "models/finetuned" in result.stderr and "finetune stage" in result.stderr
+
+
+def test_quantize_stage_refuses_a_head_size_the_cpu_attention_kernel_cannot_run(project, tokenizer):
+    """onnxruntime's CPU GroupQueryAttention needs a head size that is a multiple of 16 (else the export fails at
+    its first answer); the stage says so before exporting, exit 2."""
+    torch.manual_seed(0)
+    shape = TINY_LLAMA.model_copy(update={"hidden_size": 48, "num_attention_heads": 2, "num_key_value_heads": 2})
+    from slmops.models.hf import build_llama
+
+    build_llama(shape, tokenizer).save_pretrained(project / "models/finetuned")
+    tokenizer.save_pretrained(project / "models/finetuned")
+    result = run_stage(project, "quantize")
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert (
+        "models/finetuned/config.json: head size 24 (head_dim, or hidden_size / num_attention_heads)" in result.stderr
+    )
+    assert "is not a multiple of 16" in result.stderr
+    assert not (project / "models/onnx").exists()

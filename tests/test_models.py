@@ -1,6 +1,6 @@
 import pytest
 import torch
-from conftest import TINY_LLAMA
+from conftest import TINY_LLAMA, default
 
 from slmops.core.errors import InputError
 from slmops.models.hf import (
@@ -80,3 +80,43 @@ def test_hub_id_without_network_is_a_clear_error(monkeypatch):
 def test_hash_weights_needs_weight_files(tmp_path):
     with pytest.raises(InputError, match="no weight files"):
         hash_weights(tmp_path)
+
+
+def test_end_token_ids_add_the_generation_configs_to_the_tokenizers(tmp_path):
+    from families import build
+    from transformers import AutoTokenizer, GenerationConfig
+
+    from slmops.models.hf import end_token_ids
+
+    folder = build("gemma", tmp_path)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    ids = end_token_ids(tokenizer, GenerationConfig.from_pretrained(folder))
+    assert ids == [tokenizer.convert_tokens_to_ids("<eos>"), tokenizer.convert_tokens_to_ids("<end_of_turn>")]
+    assert end_token_ids(tokenizer) == [tokenizer.convert_tokens_to_ids("<eos>")]
+
+
+def test_generation_stops_at_any_end_token_and_counts_the_answer_finished(tmp_path):
+    """A model whose answer ends with an end id of its generation config only (Phi-3's <|end|>; the tokenizer's eos
+    is <|endoftext|>) is finished, cut there."""
+    from families import build
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from slmops.models.generate import generate_answers
+
+    folder = build("phi3", tmp_path)
+    model, tokenizer = AutoModelForCausalLM.from_pretrained(folder), AutoTokenizer.from_pretrained(folder)
+    end = tokenizer.convert_tokens_to_ids("<|end|>")
+
+    def always_end(module, inputs, logits):
+        forced = torch.full_like(logits, -1e4)
+        forced[..., end] = 0.0
+        return forced
+
+    model.lm_head.register_forward_hook(always_end)
+    chat = [{"role": "user", "content": "Where is order ORD-12?"}]
+    settings = default("synthesize.generation", max_new_tokens=8)
+    (answer,) = generate_answers(model, tokenizer, [chat], settings)
+    assert answer.finished and answer.token_ids == [end] and answer.text == ""
+    model.generation_config.eos_token_id = tokenizer.eos_token_id  # only <|endoftext|>: <|end|> no longer ends it
+    (answer,) = generate_answers(model, tokenizer, [chat], settings)
+    assert not answer.finished and answer.token_ids == [end] * 8

@@ -73,7 +73,15 @@ def test_default_params_are_valid(project):
         ),
         (
             lambda p: p["finetune"]["lora"].update(target_modules="q_proj"),
-            "finetune.lora.target_modules: 'q_proj': Input should be a valid list",
+            "finetune.lora.target_modules: 'q_proj' is neither all-linear nor a list of module names",
+        ),
+        (
+            lambda p: p["finetune"]["lora"].update(target_modules=["all-linear"]),
+            "finetune.lora.target_modules: all-linear stands alone, not in a list",
+        ),
+        (
+            lambda p: p["finetune"]["lora"].update(target_modules=[]),
+            "finetune.lora.target_modules: empty; list at least one module, or write all-linear",
         ),
     ],
 )

@@ -5,7 +5,7 @@ import torch
 
 from slmops.core.errors import InputError
 from slmops.models.hf import hash_weights
-from slmops.teacher.local import load_teacher, pin_hf
+from slmops.teacher.local import load_teacher, pin_hf, pinned_folder
 
 
 def test_hf_backend_pins_a_local_model_and_refuses_changed_weights(tiny_model, tokenizer, tmp_path):
@@ -19,6 +19,11 @@ def test_hf_backend_pins_a_local_model_and_refuses_changed_weights(tiny_model, t
     assert identity["backend"] == "hf" and identity["source"] == str(source.resolve())
     assert identity["weights_sha256"] == hash_weights(source)
     assert (out / "tokenizer.json").is_file() and not list(out.glob("*.safetensors"))  # pinned, not copied
+    # the end token ids, for a student built on the teacher's tokenizer
+    assert json.loads((out / "generation_config.json").read_text()) == json.loads(
+        (source / "generation_config.json").read_text()
+    )
+    assert pinned_folder(out) == (source, identity)  # what evaluate runs and times for the teacher
 
     model, loaded_tokenizer, loaded_identity = load_teacher(out)
     assert loaded_identity == identity and loaded_tokenizer.chat_template == tokenizer.chat_template

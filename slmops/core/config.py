@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from slmops.core.metrics import GATE_KEYS, PER_RECORD_KEYS
 
 SCHEMA_PATH = Path(__file__).with_name("params.schema.json")
+ALL_LINEAR = "all-linear"  # peft's shorthand for every linear layer but the output layer
 
 
 class Section(BaseModel):
@@ -312,15 +313,26 @@ class Lora(Section):
     r: int = Field(ge=1, description="Rank of the update matrices.")
     alpha: float = Field(gt=0, description="Scaling numerator (update scaled by alpha / r).")
     dropout: float = Field(ge=0, lt=1, description="Dropout on the adapter input.")
-    target_modules: list[str] = Field(
-        min_length=1, description=("Names of the linear layers that get an adapter (e.g. q_proj, v_proj).")
+    target_modules: Literal["all-linear"] | list[str] = Field(
+        description=(
+            "all-linear (peft: every linear layer but the output layer; fits every family, e.g. Phi-3's fused "
+            "qkv_proj and gate_up_proj), or the names of the layers that get an adapter (e.g. q_proj, v_proj)."
+        )
     )
 
-    @model_validator(mode="after")
-    def _unique(self) -> Lora:
-        if len(set(self.target_modules)) != len(self.target_modules):
-            raise ValueError("target_modules: lists a module twice")
-        return self
+    @field_validator("target_modules", mode="before")
+    @classmethod
+    def _all_linear_or_names(cls, value):
+        if isinstance(value, str) and value != ALL_LINEAR:
+            raise ValueError(f"'{value}' is neither all-linear nor a list of module names")
+        if isinstance(value, list):
+            if not value:
+                raise ValueError("empty; list at least one module, or write all-linear")
+            if ALL_LINEAR in value:
+                raise ValueError("all-linear stands alone, not in a list: target_modules: all-linear")
+            if len(set(value)) != len(value):
+                raise ValueError("lists a module twice")
+        return value
 
 
 class Finetune(Section):

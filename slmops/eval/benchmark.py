@@ -31,7 +31,7 @@ def time_torch(model_dir: str, chats: list[list[dict]], max_new_tokens: int) -> 
     import torch
     from transformers.generation.streamers import BaseStreamer
 
-    from slmops.models.hf import load_model_and_tokenizer
+    from slmops.models.hf import end_token_ids, load_model_and_tokenizer
 
     model, tokenizer = load_model_and_tokenizer(model_dir)
 
@@ -62,7 +62,7 @@ def time_torch(model_dir: str, chats: list[list[dict]], max_new_tokens: int) -> 
                 do_sample=False,
                 streamer=streamer,
                 pad_token_id=tokenizer.pad_token_id,
-                eos_token_id=tokenizer.eos_token_id,
+                eos_token_id=end_token_ids(tokenizer, model.generation_config),
             )
             seconds = time.perf_counter() - start
             tokens = out.shape[1] - batch["input_ids"].shape[1]

@@ -23,7 +23,7 @@ from slmops.models.generate import generate_answers
 from slmops.models.hf import count_parameters, load_model_and_tokenizer
 from slmops.onnx.runtime import OnnxChatModel
 from slmops.teacher.endpoint import Endpoint, Usage, complete_enough, time_requests
-from slmops.teacher.local import load_teacher
+from slmops.teacher.local import pinned_folder
 
 # Headline figures (slmops.core.metrics), flat so that `dvc metrics diff` reads well; the shipped model's.
 HEADLINE = tuple(metric.key for metric in HEADLINE_METRICS)
@@ -91,13 +91,14 @@ class TorchVariant:
     pinned: bool = False
 
     def evaluate(self, work: Workload) -> Evaluation:
-        load = (lambda f: load_teacher(f)[:2]) if self.pinned else load_model_and_tokenizer
-        model, tokenizer = load(self.folder)
+        # An hf teacher's folder holds only its pin; the model is where the pin points.
+        folder = pinned_folder(self.folder)[0] if self.pinned else self.folder
+        model, tokenizer = load_model_and_tokenizer(folder)
         figures, predictions = score_torch(model, tokenizer, work.task, work.rows, work.settings, work.seed, self.name)
         del model  # the timing runs in a child process; free this copy first
-        timing = measure("torch", str(self.folder), work.timed_chats, work.warmup, work.settings.max_new_tokens)
+        timing = measure("torch", str(folder), work.timed_chats, work.warmup, work.settings.max_new_tokens)
         latencies = timing.pop("latencies_ms")
-        figures = {"runtime": "PyTorch fp32", **figures, **size_on_disk(self.folder), **timing}
+        figures = {"runtime": "PyTorch fp32", **figures, **size_on_disk(folder), **timing}
         return Evaluation(figures, predictions, latencies)
 
 

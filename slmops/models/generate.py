@@ -9,6 +9,7 @@ import torch
 from tqdm.auto import tqdm
 
 from slmops.core.config import GenerationSettings
+from slmops.models.hf import end_token_ids
 
 
 @dataclass
@@ -35,6 +36,7 @@ def generate_answers(
     log-probs at every position: arrays of shape (answer tokens, k). A progress bar when `progress` names it."""
     torch.manual_seed(seed)
     tokenizer.padding_side = "left"
+    ends = end_token_ids(tokenizer, model.generation_config)
     answers: list[Answer] = []
     batches = range(0, len(chats), settings.batch_size)
     for start in tqdm(batches, desc=progress, unit="batch", disable=progress is None):
@@ -47,7 +49,7 @@ def generate_answers(
             **batch,
             **settings.hf_kwargs(),
             pad_token_id=tokenizer.pad_token_id,
-            eos_token_id=tokenizer.eos_token_id,
+            eos_token_id=ends,
             return_dict_in_generate=True,
             output_logits=top_k_logprobs > 0,
         )
@@ -56,8 +58,8 @@ def generate_answers(
             logprobs = torch.log_softmax(torch.stack(out.logits, dim=1).float(), dim=-1)
             top = logprobs.topk(top_k_logprobs, dim=-1)
         for row, tokens in enumerate(new_tokens.tolist()):
-            finished = tokenizer.eos_token_id in tokens
-            length = tokens.index(tokenizer.eos_token_id) + 1 if finished else len(tokens)
+            length = next((i + 1 for i, token in enumerate(tokens) if token in ends), len(tokens))
+            finished = length > 0 and tokens[length - 1] in ends
             tokens = tokens[:length]
             answer = Answer(tokenizer.decode(tokens, skip_special_tokens=True).strip(), tokens, finished)
             if top_k_logprobs:

@@ -61,8 +61,9 @@ def tokenizer_fingerprint(tokenizer) -> str:
     return hashlib.sha256(repr(vocab).encode()).hexdigest()
 
 
-def build_llama(shape: LlamaShape, tokenizer) -> LlamaForCausalLM:
-    """A randomly initialised Llama of `shape` (keys of LlamaConfig) for `tokenizer`.
+def build_llama(shape: LlamaShape, tokenizer, end_ids: list[int] | None = None) -> LlamaForCausalLM:
+    """A randomly initialised Llama of `shape` (keys of LlamaConfig) for `tokenizer`, ending its answers with any
+    of `end_ids` (default: the tokenizer's end token).
 
     InputError when a layer is as wide as the vocabulary (the onnxruntime-genai builder would take it for
     the LM head; DESIGN.md, facts about the stack)."""
@@ -76,11 +77,22 @@ def build_llama(shape: LlamaShape, tokenizer) -> LlamaForCausalLM:
     llama_config = LlamaConfig(
         vocab_size=vocab_size,
         pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
+        eos_token_id=end_ids if end_ids and len(end_ids) > 1 else tokenizer.eos_token_id,
         bos_token_id=tokenizer.eos_token_id,
         **config,
     )
     return LlamaForCausalLM(llama_config)
+
+
+def end_token_ids(tokenizer, generation_config=None) -> list[int]:
+    """The ids that end an answer: the tokenizer's end token, then any other of the model's generation config
+    (Gemma ends a turn with <end_of_turn>, Phi-3 with <|end|>, Llama 3 with <|eot_id|>, each besides its eos)."""
+    ids = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    configured = getattr(generation_config, "eos_token_id", None)
+    for token in configured if isinstance(configured, list) else [configured]:
+        if token is not None and token not in ids:
+            ids.append(token)
+    return ids
 
 
 def count_parameters(model: torch.nn.Module) -> int:

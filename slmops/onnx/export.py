@@ -176,6 +176,20 @@ def require_local_model(folder: Path) -> None:
         raise InputError(f"{folder}: no Hugging Face model here (config.json missing); run the finetune stage first")
 
 
+def check_head_size(folder: Path, execution_provider: str) -> None:
+    """InputError when onnxruntime's CPU GroupQueryAttention kernel cannot run the model: it needs a head size
+    (head_dim, or hidden_size / num_attention_heads) that is a multiple of 16, and fails only at the first answer."""
+    config = json.loads((folder / "config.json").read_text())
+    heads = config.get("num_attention_heads")
+    head = config.get("head_dim") or (config["hidden_size"] // heads if heads and "hidden_size" in config else None)
+    if execution_provider == "cpu" and head and head % 16:
+        raise InputError(
+            f"{folder / 'config.json'}: head size {head} (head_dim, or hidden_size / num_attention_heads) is not a "
+            "multiple of 16, which onnxruntime's GroupQueryAttention needs on the CPU; for student.config choose "
+            "hidden_size and num_attention_heads whose quotient is 16, 32, 64 or 128"
+        )
+
+
 def write_workflow(path: Path, workflow: dict) -> None:
     path.write_text(json.dumps(workflow, indent=2) + "\n")
 

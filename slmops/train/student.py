@@ -6,12 +6,12 @@ import logging
 from pathlib import Path
 
 import torch
-from transformers import AutoTokenizer
+from transformers import AutoTokenizer, GenerationConfig
 
 from slmops.core.config import KD, Student
 from slmops.core.errors import InputError
 from slmops.core.task import Task, render_answer
-from slmops.models.hf import build_llama, load_model_and_tokenizer, resolve_model, tokenizer_fingerprint
+from slmops.models.hf import build_llama, end_token_ids, load_model_and_tokenizer, resolve_model, tokenizer_fingerprint
 from slmops.train.data import attach_teacher_logprobs, encode_chat
 from slmops.train.logprobs import LogProbReader
 
@@ -32,8 +32,18 @@ def make_student(student: Student, teacher_dir: str | Path, seed: int):
             "to a model folder or hub id, e.g. Qwen/Qwen2.5-0.5B-Instruct"
         )
     teacher_tokenizer = AutoTokenizer.from_pretrained(teacher_dir)
+    if teacher_tokenizer.pad_token is None:  # e.g. Llama 3 and Mistral tokenizers define none; batches need one
+        teacher_tokenizer.pad_token = teacher_tokenizer.eos_token
+    ends = end_token_ids(teacher_tokenizer, teacher_generation_config(Path(teacher_dir)))
     torch.manual_seed(seed)
-    return build_llama(student.config, teacher_tokenizer), teacher_tokenizer
+    return build_llama(student.config, teacher_tokenizer, ends), teacher_tokenizer
+
+
+def teacher_generation_config(teacher_dir: Path) -> GenerationConfig | None:
+    """The teacher's generation config (its end token ids), where the teacher stage kept one."""
+    if not (teacher_dir / "generation_config.json").is_file():
+        return None
+    return GenerationConfig.from_pretrained(teacher_dir)
 
 
 def use_logit_kd(kd: KD, meta: dict, student_tokenizer) -> bool:
