@@ -223,6 +223,9 @@ def matrix(request, tmp_path_factory):
     teacher.seconds["teach"] = round(time.perf_counter() - started, 1)
     if teacher.chain(["teacher", "synthesize", "distill", "finetune", "quantize", "evaluate"], "builder"):
         teacher.chain(["package"], "builder")
+        with_engine(teacher.root, "olive")
+        if teacher.chain(["quantize"], "olive"):
+            teacher.chain(["package"], "olive")
 
     def as_student(params):
         as_teacher(params)
@@ -277,7 +280,7 @@ def as_list(ids):
 ROLE_RUNS = {"teacher": 1, "student": 2}
 
 
-@pytest.mark.parametrize("role, engine", [("teacher", "builder"), ("student", "builder"), ("student", "olive")])
+@pytest.mark.parametrize("role, engine", [(r, e) for r in ("teacher", "student") for e in ("builder", "olive")])
 def test_export_quantizes_with_the_familys_end_tokens(matrix, role, engine):
     family, run = matrix[0], matrix[ROLE_RUNS[role]]
     keys = [f"quantize ({engine})"] + ([f"evaluate ({engine})"] if engine == "builder" else [])
@@ -291,7 +294,7 @@ def test_export_quantizes_with_the_familys_end_tokens(matrix, role, engine):
         assert len(predictions) == len((run.root / "data/small/eval.jsonl").read_text().splitlines())
 
 
-@pytest.mark.parametrize("role, engine", [("teacher", "builder"), ("student", "builder"), ("student", "olive")])
+@pytest.mark.parametrize("role, engine", [(r, e) for r in ("teacher", "student") for e in ("builder", "olive")])
 def test_package_verifies_in_foundry_local(matrix, role, engine):
     family, run = matrix[0], matrix[ROLE_RUNS[role]]
     key = f"package ({engine})"
