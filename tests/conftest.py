@@ -177,10 +177,11 @@ def flipped(records: list[dict], right_to_wrong: int, wrong_to_right: int, task)
     """`records` with the first `right_to_wrong` right answers made wrong (intent changed) and the first
     `wrong_to_right` wrong ones replaced by their label."""
     from slmops.core.task import score
+    from slmops.report.paired import parsed_answer
 
     out, spoiled, mended = [], 0, 0
     for record in records:
-        right = score(task, [record["answer"]], [record["label"]])["exact_match"] == 1.0
+        right = score(task, [parsed_answer(task, record)], [record["label"]])["exact_match"] == 1.0
         answer = record["answer"]
         if right and spoiled < right_to_wrong:
             label = {

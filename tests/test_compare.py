@@ -323,10 +323,14 @@ def commit_run(repo, answers: dict[str, list[dict]], hardware: dict, speedup: fl
     run's other figures, speed scaled by `speedup`), plot data; committed on top of the params in place."""
     from slmops.core.files import write_jsonl
     from slmops.core.task import score
+    from slmops.report.paired import parsed_answer
 
     metrics = json.loads((ROOT / "reports/metrics.json").read_text())
-    figures = score(task, [r["answer"] for r in answers["quantized"]], [r["label"] for r in answers["quantized"]])
-    teacher = score(task, [r["answer"] for r in answers["teacher"]], [r["label"] for r in answers["teacher"]])
+
+    def scored(records):
+        return score(task, [parsed_answer(task, r) for r in records], [r["label"] for r in records])
+
+    figures, teacher = scored(answers["quantized"]), scored(answers["teacher"])
     metrics.update({k: figures[k] for k in ("exact_match", "schema_valid", "json_valid")})
     metrics["accuracy_kept"] = figures["exact_match"] / teacher["exact_match"]
     for key in ("latency_p50_ms", "latency_p95_ms", "ttft_p50_ms"):

@@ -52,6 +52,21 @@ def test_accuracy_figures_match_hand_computed_values(task):
     }
     assert figures["n"] == 6
     assert [p["answer"] for p in predictions] == answers[:5] + [json.dumps(GOLD)] and predictions[2]["id"] == "2"
+    assert [p["finish_reason"] for p in predictions] == ["stop"] * 5 + ["length"]  # what re-scoring needs
+
+
+def test_prediction_records_score_again_as_evaluate_scored_them(task):
+    """slmops report re-scores both revisions' answers record by record: from the record alone it must reach
+    evaluate's verdict, the cut answer included."""
+    from slmops.report.paired import record_hits
+
+    rows = [{"id": str(i), "message": f"m{i}", "label": GOLD} for i in range(2)]
+    answers = [json.dumps(GOLD), (json.dumps(GOLD), False)]
+    figures, predictions = score_onnx(
+        ScriptedModel(answers), task, rows, default("evaluate.generation", max_new_tokens=16), "scripted"
+    )
+    assert figures["exact_match"] == 0.5
+    assert record_hits(task, predictions)["exact_match"] == {"0": True, "1": False}
 
 
 def test_speed_summary_is_hand_computable():

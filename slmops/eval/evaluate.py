@@ -29,10 +29,12 @@ from slmops.teacher.local import pinned_folder
 HEADLINE = tuple(metric.key for metric in HEADLINE_METRICS)
 
 
-def _predictions(rows: list[dict], answers: list[str]) -> list[dict]:
+def _predictions(rows: list[dict], answers: list[str], finish_reasons: list[str | None]) -> list[dict]:
+    """One record per eval row: id, message, label, the answer as written and its finish_reason, which is what
+    slmops.core.answers.parse_answer needs to score it again (slmops report pairs them record by record)."""
     return [
-        {"id": r.get("id"), "message": r["message"], "label": r["label"], "answer": a}
-        for r, a in zip(rows, answers, strict=True)
+        {"id": r.get("id"), "message": r["message"], "label": r["label"], "answer": a, "finish_reason": f}
+        for r, a, f in zip(rows, answers, finish_reasons, strict=True)
     ]
 
 
@@ -47,7 +49,7 @@ def score_torch(model, tokenizer, task: Task, rows: list[dict], settings: Genera
     ]
     figures = score(task, parsed, [r["label"] for r in rows])
     figures["parameters"] = count_parameters(model)
-    return figures, _predictions(rows, texts)
+    return figures, _predictions(rows, texts, [local_finish_reason(a.finished) for a in answers])
 
 
 def score_onnx(model: OnnxChatModel, task: Task, rows: list[dict], settings: GenerationSettings, name: str):
@@ -59,7 +61,10 @@ def score_onnx(model: OnnxChatModel, task: Task, rows: list[dict], settings: Gen
     parsed = [
         parse_answer(task, a.text, local_finish_reason(a.finished), max_tokens=settings.max_new_tokens) for a in answers
     ]
-    return score(task, parsed, [r["label"] for r in rows]), _predictions(rows, [a.text for a in answers])
+    finish_reasons = [local_finish_reason(a.finished) for a in answers]
+    return score(task, parsed, [r["label"] for r in rows]), _predictions(
+        rows, [a.text for a in answers], finish_reasons
+    )
 
 
 @dataclass
@@ -170,7 +175,8 @@ class EndpointVariant:
             "size_mb": None,
             "weights_mb": None,
         }
-        return Evaluation(figures, _predictions(work.rows, texts), latencies)
+        finish_reasons = [r["finish_reason"] if r else None for r in replies]
+        return Evaluation(figures, _predictions(work.rows, texts, finish_reasons), latencies)
 
 
 Variant = TorchVariant | OnnxVariant | EndpointVariant

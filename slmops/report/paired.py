@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from slmops.core.answers import Parsed, parse_answer
 from slmops.core.task import Task, score
 
 DEFAULT_SIGNIFICANCE = 0.05
@@ -99,13 +100,19 @@ def mcnemar(right_to_wrong: int, wrong_to_right: int) -> tuple[float, float]:
     return worse, two_sided
 
 
+def parsed_answer(task: Task, record: dict) -> Parsed:
+    """A prediction record's answer read by the pipeline's parser; records written before evaluate kept the
+    finish_reason count as finished ("stop"), as they were scored then."""
+    return parse_answer(task, record["answer"], record.get("finish_reason", "stop"))
+
+
 def record_hits(task: Task, predictions: list[dict]) -> dict[str, dict[str, bool]]:
     """{share name: {record key: right?}} for each share and field, scored by slmops.core.task.score one record at
     a time (so the pipeline's own scoring decides). A record's key is its id, else its message."""
     hits: dict[str, dict[str, bool]] = {name: {} for name in (*SHARES, *(f"field.{f}" for f in task.fields))}
     for record in predictions:
         key = str(record.get("id") or record["message"])
-        figures = score(task, [record["answer"]], [record["label"]])
+        figures = score(task, [parsed_answer(task, record)], [record["label"]])
         for name in SHARES:
             hits[name][key] = figures[name] == 1.0
         for field, value in figures["field_accuracy"].items():
