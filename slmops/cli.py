@@ -133,6 +133,21 @@ def cmd_make_data(args) -> int:
     return 0
 
 
+def check_speed_figures(speed: dict, path) -> None:
+    """InputError naming the first figure of a side-by-side timing that is not a number (or a list of numbers)."""
+
+    def number(value) -> bool:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+
+    for side in ("base", "head"):
+        if not isinstance(speed[side], dict):
+            raise InputError(f"{path}: {side}: expected a mapping of figures")
+        for key, value in speed[side].items():
+            values = value if key == "latencies_ms" and isinstance(value, list) and value else [value]
+            if key != "dir" and not all(number(v) for v in values):
+                raise InputError(f"{path}: {side}.{key}: {value!r} is not a number (or a list of them)")
+
+
 def cmd_report(args) -> int:
     from pathlib import Path
 
@@ -149,6 +164,7 @@ def cmd_report(args) -> int:
         missing += [f"{side}.latencies_ms" for side in ("base", "head") if "latencies_ms" not in speed.get(side, {})]
         if missing:
             raise InputError(f"{path}: not a `slmops bench compare` result (missing {', '.join(missing)})")
+        check_speed_figures(speed, path)
     heads = list(args.head or [])
     if args.experiments:
         heads += experiments_of(args.base)

@@ -117,6 +117,12 @@ def test_verify_refuses_an_output_budget_over_the_context_up_front(package):
     assert "Foundry Local (LENGTH): " in most.stdout
 
 
+def test_verify_refuses_a_message_that_alone_fills_the_context(package):
+    refused = slmops("package", "verify", package, "--message", "my blender is broken " * 200)
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    assert "the verification prompt alone is" in refused.stderr and "the package's context is 256" in refused.stderr
+
+
 def test_verify_refuses_a_tampered_package(package):
     data = bytearray((package / "model.onnx.data").read_bytes())
     data[100] ^= 0xFF

@@ -83,6 +83,10 @@ def test_default_params_are_valid(project):
             lambda p: p["finetune"]["lora"].update(target_modules=[]),
             "finetune.lora.target_modules: empty; list at least one module, or write all-linear",
         ),
+        (
+            lambda p: p["finetune"]["lora"].update(target_modules=["q_proj", " "]),
+            "finetune.lora.target_modules: an empty module name; name a layer such as q_proj, or write all-linear",
+        ),
     ],
 )
 def test_bad_params_name_the_key_and_what_is_allowed(project, edit, message):

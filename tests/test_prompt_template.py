@@ -120,3 +120,25 @@ def test_a_template_that_drops_system_messages_gets_an_empty_system_part():
 def test_a_template_that_rewrites_or_drops_messages_is_refused(source, error):
     with pytest.raises(InputError, match=error):
         prompt_template(_jinja(source), INSTRUCTION)
+
+
+@pytest.mark.parametrize(
+    ("template", "error"),
+    [
+        ("{% for message in messages %}{{ message.content", "does not compile|fails on a chat"),
+        ("{{ raise_exception('nope') }}", "the chat template fails on a chat of .*: nope"),
+    ],
+)
+def test_a_failing_template_is_an_input_error_naming_the_folder(tmp_path, template, error):
+    import json
+
+    from slmops.foundry.package import inference_model
+
+    folder = build("qwen2", tmp_path / "qwen2")
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    config.pop("chat_template", None)
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    (folder / "chat_template.jinja").write_text(template)
+    with pytest.raises(InputError, match=error) as err:
+        inference_model("x", folder, INSTRUCTION)
+    assert str(folder) in str(err.value)

@@ -38,8 +38,8 @@ def test_chat_completion_matches_the_model_and_counts_tokens(client, tiny_onnx):
 
     messages = [{"role": "user", "content": "where is my order ORD-12?"}]
     completion = client.chat.completions.create(model="int4", messages=messages, max_tokens=6)
-    local = OnnxChatModel(tiny_onnx["int4"]).answer(messages, 6)
-    assert completion.choices[0].message.content == local.text
+    local = "".join(OnnxChatModel(tiny_onnx["int4"]).stream(messages, 6))
+    assert completion.choices[0].message.content == local  # the text as generated, nothing stripped
     assert completion.choices[0].finish_reason == "length"  # random weights never end before 6 tokens
     assert completion.usage.completion_tokens == 6
     assert completion.usage.total_tokens == completion.usage.prompt_tokens + 6
@@ -50,7 +50,7 @@ def test_streaming_gives_the_same_answer_in_chunks(client):
     whole = client.chat.completions.create(model="int4", messages=messages, max_tokens=6).choices[0].message.content
     chunks = list(client.chat.completions.create(model="int4", messages=messages, max_tokens=6, stream=True))
     assert chunks[0].choices[0].delta.role == "assistant"
-    assert "".join(c.choices[0].delta.content or "" for c in chunks).strip() == whole
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == whole
     assert chunks[-1].choices[0].finish_reason == "length"
 
 
@@ -64,6 +64,8 @@ def test_unknown_model_is_404(client):
     [
         (b"{not json", "body is not valid JSON"),
         (b"[1, 2]", "body must be a JSON object"),
+        (b"[" * 2000 + b"]" * 2000, "nested too deeply"),
+        (json.dumps({"messages": [{"role": "user", "content": "x"}]}).encode(), "'model' is required"),
         (json.dumps({"model": "int4", "messages": []}).encode(), "'messages' must be a non-empty list"),
         (json.dumps({"model": "int4", "messages": [{"role": "robot", "content": "x"}]}).encode(), "messages[0]"),
         (
@@ -125,7 +127,7 @@ def test_text_content_parts_are_joined_with_a_newline(client, tiny_onnx):
     joined = [{"role": "user", "content": "where is my order\nORD-12?"}]
     local = "".join(model.stream(joined, 12, {"do_sample": True, "temperature": 1.0, "top_p": 1.0, "random_seed": 7}))
     assert completion.usage.prompt_tokens == len(model.prompt_tokens(joined))
-    assert completion.choices[0].message.content == local.strip() != ""
+    assert completion.choices[0].message.content == local != ""
 
 
 def test_a_developer_message_is_a_system_message(client):
@@ -192,7 +194,7 @@ def test_stop_sequences_cut_the_answer_streaming_and_not(client):
     completion = client.chat.completions.create(
         model="int4", messages=ORDER, max_tokens=24, stop=[stop, "never in it"], **SAMPLED
     )
-    assert completion.choices[0].message.content == expected.strip()
+    assert completion.choices[0].message.content == expected
     assert completion.choices[0].finish_reason == "stop"
     assert completion.usage.completion_tokens < 24  # generation ended at the stop sequence
     chunks = streamed(client, messages=ORDER, max_tokens=24, stop=stop, **SAMPLED)
@@ -342,3 +344,44 @@ def test_admission_queues_then_refuses_with_the_expected_wait():
     assert running.is_set()  # the queued request was answered
     with admission.turn():  # room again
         pass
+
+
+def test_top_p_zero_is_the_narrowest_nucleus_the_greedy_answer(client):
+    greedy = client.chat.completions.create(model="int4", messages=ORDER, max_tokens=12)
+    for seed in (1, 2):
+        narrowest = client.chat.completions.create(
+            model="int4", messages=ORDER, max_tokens=12, temperature=1.5, top_p=0, seed=seed
+        )
+        assert narrowest.choices[0].message.content == greedy.choices[0].message.content
+
+
+def test_a_chat_the_template_refuses_is_400_and_the_server_stays_up(tiny_onnx, tmp_path):
+    import shutil
+
+    folder = tmp_path / "no-system"
+    shutil.copytree(tiny_onnx["int4"], folder)
+    (folder / "chat_template.jinja").write_text(
+        "{% for m in messages %}{% if m.role == 'system' %}{{ raise_exception('System role not supported') }}"
+        "{% endif %}<|{{ m.role }}|>{{ m.content }}<|end|>{% endfor %}<|assistant|>"
+    )
+    with running_server(folder) as url:
+        client = openai.OpenAI(base_url=url, api_key="unused", max_retries=0)
+        with pytest.raises(openai.BadRequestError, match="System role not supported") as err:
+            client.chat.completions.create(model="no-system", messages=[{"role": "system", "content": "x"}, *ORDER])
+        assert err.value.body["param"] == "messages"
+        answer = client.chat.completions.create(model="no-system", messages=ORDER, max_tokens=4)
+        assert answer.choices[0].finish_reason in ("stop", "length")
+
+
+@pytest.mark.parametrize("flags", [["--port", "70000"], ["--host", "999.1.1.1"]])
+def test_an_address_serve_cannot_listen_on_is_exit_2(tiny_onnx, flags):
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-m", "slmops.cli", "serve", str(tiny_onnx["int4"]), *flags],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2 and "cannot listen on" in result.stderr and "Traceback" not in result.stderr

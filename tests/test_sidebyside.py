@@ -73,3 +73,17 @@ def test_report_refuses_a_speed_file_that_is_not_a_bench_compare_result(tmp_path
         result.stderr
     )
     assert not (tmp_path / "r.md").exists()
+
+
+@pytest.mark.parametrize(
+    ("side", "key", "value"),
+    [("base", "latency_p95_ms", "fast"), ("head", "latencies_ms", []), ("head", "latencies_ms", [1.0, "x"])],
+)
+def test_report_refuses_a_speed_file_with_a_figure_that_is_not_a_number(tmp_path, side, key, value):
+    figures = {"dir": "d", "latency_p95_ms": 3.0, "latencies_ms": [1.0, 2.0]}
+    speed = {"rounds": 1, "requests": 2, "order": ["base", "head"], "hardware": {}, "base": figures, "head": figures}
+    speed = {**speed, side: {**figures, key: value}}
+    (tmp_path / "speed.json").write_text(json.dumps(speed))
+    result = slmops("report", "--base", "HEAD", "--speed", tmp_path / "speed.json", "--out", tmp_path / "r.md")
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert f"speed.json: {side}.{key}: {value!r} is not a number" in result.stderr

@@ -330,6 +330,8 @@ class Lora(Section):
                 raise ValueError("empty; list at least one module, or write all-linear")
             if ALL_LINEAR in value:
                 raise ValueError("all-linear stands alone, not in a list: target_modules: all-linear")
+            if any(isinstance(name, str) and not name.strip() for name in value):
+                raise ValueError("an empty module name; name a layer such as q_proj, or write all-linear")
             if len(set(value)) != len(value):
                 raise ValueError("lists a module twice")
         return value

@@ -81,8 +81,9 @@ class ChatRequest:
     max_tokens_param: str = "max_tokens"  # the field that set max_tokens, for error messages
 
     def search_options(self) -> dict:
-        """onnxruntime-genai search options (less max_length): greedy at temperature 0, else sampling."""
-        if self.temperature == 0:
+        """onnxruntime-genai search options (less max_length): greedy at temperature 0 or top_p 0 (the narrowest
+        nucleus: the most likely token; onnxruntime-genai would read top_p 0 as "no nucleus"), else sampling."""
+        if self.temperature == 0 or self.top_p == 0:
             return {"do_sample": False}
         seed = {} if self.seed is None else {"random_seed": self.seed}
         return {"do_sample": True, "temperature": self.temperature, "top_p": self.top_p, **seed}
@@ -95,11 +96,15 @@ def parse_chat_request(body: bytes, model_name: str) -> ChatRequest:
         request = json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise bad(f"body is not valid JSON: {err}") from None
+    except RecursionError:
+        raise bad("body is not valid JSON: nested too deeply") from None
     if not isinstance(request, dict):
         raise bad("body must be a JSON object")
     for key in request:
         if key not in SUPPORTED:
             raise bad(f"'{key}' is not supported by this server", key, "unsupported_parameter")
+    if not isinstance(request.get("model"), str):
+        raise bad(f"'model' is required: a string, the name this server has ({model_name!r})", "model")
     if request.get("model") != model_name:
         raise RequestError(
             HTTPStatus.NOT_FOUND,

@@ -142,12 +142,20 @@ def _check_parts(render: Render, parts: dict, bos: str) -> None:
 
 def hf_renderer(folder: Path) -> tuple[Render, str, tuple[str, ...]]:
     """The Hugging Face rendering of the chat template saved in `folder`, its BOS text and its special tokens."""
+    from jinja2 import TemplateError
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(folder)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+    except TemplateError as err:
+        raise InputError(f"{folder}: the chat template does not compile: {err}") from None
 
     def render(messages: list[dict], add_generation_prompt: bool) -> str:
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+        try:
+            return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+        except TemplateError as err:  # syntax errors and the template's own raise_exception(...)
+            roles = ", ".join(m["role"] for m in messages)
+            raise InputError(f"{folder}: the chat template fails on a chat of {roles}: {err}") from None
 
     return render, tokenizer.bos_token or "", tuple(tokenizer.all_special_tokens)
 

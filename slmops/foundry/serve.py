@@ -27,6 +27,7 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+from slmops.core.errors import InputError
 from slmops.foundry.chat_request import ChatRequest, RequestError, bad, parse_chat_request
 from slmops.onnx.runtime import OnnxChatModel
 
@@ -123,7 +124,10 @@ class ChatHandler(BaseHTTPRequestHandler):
             if self.path.rstrip("/") != "/v1/chat/completions":
                 raise RequestError(HTTPStatus.NOT_FOUND, f"no such path: {self.path}")
             request = parse_chat_request(self._body(), self.server.name)
-            prompt = self.server.model.prompt_tokens(request.messages)
+            try:
+                prompt = self.server.model.prompt_tokens(request.messages)
+            except InputError as err:  # the model's chat template refuses these messages
+                raise bad(str(err), "messages") from None
             budget = self._budget(request, len(prompt))
             with self.server.admission.turn():
                 (self._stream if request.stream else self._complete)(request, prompt, budget)
@@ -183,7 +187,7 @@ class ChatHandler(BaseHTTPRequestHandler):
 
     def _complete(self, request: ChatRequest, prompt, budget: int):
         outcome = Outcome()
-        text = "".join(self._deltas(request, prompt, budget, outcome)).strip()
+        text = "".join(self._deltas(request, prompt, budget, outcome))  # as streamed: nothing stripped
         self._json(
             HTTPStatus.OK,
             {
@@ -278,7 +282,10 @@ def serve(
     model = OnnxChatModel(folder)
     info = folder / "inference_model.json"
     name = json.loads(info.read_text())["Name"] if info.is_file() else folder.name
-    server = ChatServer((host, port), model, name, max_body_bytes, max_queue)
+    try:
+        server = ChatServer((host, port), model, name, max_body_bytes, max_queue)
+    except (OSError, OverflowError) as err:  # a busy or privileged port, an unknown host, a port beyond 65535
+        raise InputError(f"cannot listen on {host}:{port}: {err}") from None
     print(f"serving {name} on http://{host}:{server.server_port}/v1", flush=True)
     try:
         server.serve_forever()

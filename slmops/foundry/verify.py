@@ -112,6 +112,11 @@ def check_output_budget(model, prompt_tokens: int, max_output_tokens: int) -> No
     """InputError naming both numbers when the prompt plus `max_output_tokens` exceeds the model's context
     (an OnnxChatModel's): Foundry Local would refuse the request with a traceback."""
     context = model.context_length
+    if prompt_tokens >= context:
+        raise InputError(
+            f"{model.folder}: the verification prompt alone is {prompt_tokens} tokens and the package's context is "
+            f"{context}; use a shorter --message or --system"
+        )
     if prompt_tokens + max_output_tokens > context:
         raise InputError(
             f"{model.folder}: max_output_tokens {max_output_tokens} does not fit the package's context of {context} "

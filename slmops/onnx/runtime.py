@@ -43,7 +43,13 @@ class OnnxChatModel:
         self.context_length = json.loads((folder / "genai_config.json").read_text())["model"]["context_length"]
 
     def prompt_tokens(self, messages: list[dict]) -> np.ndarray:
-        prompt = self.tokenizer.apply_chat_template(json.dumps(messages), add_generation_prompt=True)
+        """The chat rendered by the folder's chat template and encoded; InputError when the template fails on it
+        (a syntax error, or a template that refuses the chat, e.g. a system message)."""
+        try:
+            prompt = self.tokenizer.apply_chat_template(json.dumps(messages), add_generation_prompt=True)
+        except RuntimeError as err:  # onnxruntime-genai reports template errors as RuntimeError
+            roles = ", ".join(m["role"] for m in messages)
+            raise InputError(f"{self.folder}: the chat template fails on a chat of {roles}: {err}") from None
         return self.tokenizer.encode(prompt)
 
     def stream(
