@@ -34,16 +34,23 @@ def test_lora_trains_only_the_adapter_and_merges_back(tiny_model, tokenizer, tmp
     model = with_adapter(tiny_model, LORA)
     trainable, total = trainable_parameters(model)
     assert 0 < trainable < total / 5
+    merged = assert_merges_to_the_adapter(model, tmp_path / "base", tmp_path / "adapter")
+    assert not any("lora" in name for name, _ in merged.named_parameters())
+
+
+def assert_merges_to_the_adapter(model, base_dir, adapter_dir):
+    """Give the adapter a non-zero update, save it, merge it into the base saved in `base_dir`: the merged model
+    must give the adapter's logits. Returns the merged model."""
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "lora_B" in name:
                 p.fill_(0.01)
     ids = torch.tensor([[1, 2, 3, 4]])
     expected = model(input_ids=ids).logits
-    model.save_pretrained(tmp_path / "adapter")
-    merged = merged_model(tmp_path / "base", tmp_path / "adapter")
-    assert not any("lora" in name for name, _ in merged.named_parameters())
+    model.save_pretrained(adapter_dir)
+    merged = merged_model(base_dir, adapter_dir)
     torch.testing.assert_close(merged(input_ids=ids).logits, expected, atol=1e-4, rtol=1e-4)
+    return merged
 
 
 def test_unknown_target_module_is_named(tiny_model):
@@ -106,12 +113,4 @@ def test_an_untied_lm_head_in_the_list_trains_and_merges_to_the_adapter(tmp_path
     base = AutoModelForCausalLM.from_pretrained(build("llama3", tmp_path / "base"))
     assert not base.config.tie_word_embeddings
     model = with_adapter(base, default("finetune.lora", target_modules=["q_proj", "lm_head"]))
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "lora_B" in name:
-                p.fill_(0.01)
-    ids = torch.tensor([[1, 2, 3, 4]])
-    expected = model(input_ids=ids).logits
-    model.save_pretrained(tmp_path / "adapter")
-    merged = merged_model(tmp_path / "base", tmp_path / "adapter")
-    torch.testing.assert_close(merged(input_ids=ids).logits, expected, atol=1e-4, rtol=1e-4)
+    assert_merges_to_the_adapter(model, tmp_path / "base", tmp_path / "adapter")
