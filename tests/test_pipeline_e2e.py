@@ -315,6 +315,57 @@ def test_report_on_real_pipeline_commits(repo):
     assert (repo / "pr/plots/latency.png").is_file()
 
 
+def test_base_package_at_the_base_revision_timed_beside_the_head_package(repo, tmp_path):
+    """What CI does on a pull request: the base revision's package (the fp32 commit above) from DVC with
+    scripts/base_package.sh, timed alternately with the workspace's int4 package by `slmops bench compare`, and
+    the report gating speed on those ratios."""
+    fetched = run(["bash", "scripts/base_package.sh", "HEAD", tmp_path / "base"], repo, SLMOPS_REBUILD_BASE="0")
+    base = Path(fetched.stdout.strip())
+    assert base == tmp_path / "base/tiny-triage" and (base / "genai_config.json").is_file()
+    head = repo / "models/foundry/tiny-triage"
+
+    def weights(folder):
+        return sum(f.stat().st_size for f in folder.glob("model.onnx*"))
+
+    assert weights(base) > 2 * weights(head)  # the fp32 package of the base commit, not the workspace's int4 one
+    out = tmp_path / "speed.json"
+    compared = run(
+        [sys.executable, "-m", "slmops.cli", "bench", "compare", base, head, "--rounds", "2", "--requests", "4"]
+        + ["--out", out],
+        repo,
+    )
+    speed = json.loads(out.read_text())
+    assert speed["order"] == ["base", "head", "head", "base"] and speed["rounds"] == 2 and speed["requests"] == 4
+    for side in ("base", "head"):
+        figures = speed[side]
+        assert len(figures["latencies_ms"]) == 8  # 4 timed requests x 2 rounds, every one kept
+        assert 0 < figures["latency_p50_ms"] <= figures["latency_p95_ms"]
+        assert figures["decode_tokens_per_s"] > 0 and figures["peak_rss_mb"] > 0
+    assert speed["hardware"]["cores"] == os.cpu_count() and speed["hardware"]["runtimes"]["onnxruntime-genai"]
+    assert "latency_p95_ms: base" in compared.stdout and "head/base" in compared.stdout
+
+    original = (repo / "params.yaml").read_text()
+    try:
+        params = yaml.safe_load(original)
+        params["gates"]["latency_p95_ms"] = {"max_regression_pct": 1000}
+        (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        result = report(repo, "--base", "HEAD", "--speed", out, "--out", "pr/speed.md")
+    finally:
+        (repo / "params.yaml").write_text(original)
+    assert result.returncode in (0, 1), result.stderr  # accuracy gates may fail on the tiny models; speed may not
+    markdown = (repo / "pr/speed.md").read_text()
+    assert "### Speed, timed side by side" in markdown and "order base → head → head → base" in markdown
+    b, h = speed["base"]["latency_p95_ms"], speed["head"]["latency_p95_ms"]
+    assert f"| latency p95 (ms) | {b:.2f} | {h:.2f} | ×{h / b:.2f} |" in markdown
+    gate = next(line for line in markdown.splitlines() if line.startswith("| latency_p95_ms |"))
+    assert "not gated" not in gate and gate.endswith("| ✅ pass |")  # gated on the ratio, well within 1000%
+    row = next(line for line in markdown.splitlines() if line.startswith("| latency p95 (ms) |"))
+    assert not row.endswith("context only |")  # timed side by side: compared, gated
+    assert next(line for line in markdown.splitlines() if line.startswith("| latency saved")).endswith("context only |")
+    assert "speed timed side by side in this run" in markdown.splitlines()[1]
+    assert "timed side by side (ms; first line: base, second: head)" in markdown  # the latency chart uses this run
+
+
 def test_a_pipeline_with_an_endpoint_teacher(repo, tmp_path):
     """The whole pipeline with teacher.backend openai: a fault-injecting teacher on loopback labels the
     prompts (one answer in five first fails), the student starts from the first run's fine-tuned model.

@@ -86,17 +86,6 @@ def base_package(rev, out, **env):
     )
 
 
-@pytest.mark.skipif(
-    not (ROOT / "models/foundry/support-triage-slm/genai_config.json").is_file(),
-    reason="the default package is not built here (dvc checkout)",
-)
-def test_base_package_comes_from_dvc_at_the_base_revision(tmp_path):
-    result = base_package("HEAD", tmp_path / "base")
-    assert result.returncode == 0, result.stderr
-    folder = Path(result.stdout.strip())
-    assert folder == tmp_path / "base/support-triage-slm" and (folder / "genai_config.json").is_file()
-
-
 def test_base_package_of_an_unknown_revision_fails_and_the_pipeline_falls_back_to_context(tmp_path):
     result = base_package("no-such-revision", tmp_path / "base", SLMOPS_REBUILD_BASE="0")
     assert result.returncode == 1 and result.stdout == ""
