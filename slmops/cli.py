@@ -8,6 +8,7 @@ slmops chat DIR [MESSAGE]                   ask a packaged (or exported) model; 
 slmops report --base REV [--head REV]       Markdown diff of metrics and params, with gates (exit 1: a gate failed)
 slmops report --base REV --experiments      rank the DVC experiments run on top of REV, same table and gates
 slmops bench compare BASE_DIR HEAD_DIR      time two packages alternately in one run (report --speed reads it)
+slmops noise REV REV [REV ...]              training noise between runs of the same params (report's tests use it)
 slmops serve DIR [--host H] [--port P]      OpenAI-compatible HTTP server over a packaged model
 """
 
@@ -191,6 +192,21 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_noise(args) -> int:
+    from pathlib import Path
+
+    from slmops.core.params import parse_params
+    from slmops.core.task import load_task
+    from slmops.report.noise import measure_runs, runs_table, write_noise
+
+    params = parse_params(Path(args.params).read_text(), args.params, check_paths=False)  # only task.dir is read
+    document = measure_runs(args.revs, load_task(params.task.dir))
+    write_noise(document, args.out)
+    print(runs_table(document))
+    print(f"wrote {args.out}")
+    return 0
+
+
 def cmd_bench_compare(args) -> int:
     from pathlib import Path
 
@@ -289,6 +305,13 @@ def main(argv: list[str] | None = None) -> int:
     report.add_argument("--out", default="reports/pr/report.md", help="Markdown file to write")
     report.add_argument("--plots-dir", default="plots", help="folder for the PNG plots, beside --out")
     report.set_defaults(run=cmd_report)
+    noise = sub.add_parser(
+        "noise", help="how far runs of the same params (other seeds or machines) land apart; report's tests add it"
+    )
+    noise.add_argument("revs", nargs="+", help="git revisions or DVC experiments: the same params, seed aside")
+    noise.add_argument("--out", default="reports/noise.json", help="JSON file to write (keep it in git)")
+    noise.add_argument("--params", default="params.yaml", help="whose task.dir scores the answers")
+    noise.set_defaults(run=cmd_noise)
     bench = sub.add_parser("bench", help="speed measurements").add_subparsers(dest="action", required=True)
     bench_compare = bench.add_parser(
         "compare", help="time two packaged models alternately in one run: same machine, comparable ratios"

@@ -430,6 +430,119 @@ def test_a_larger_significance_level_is_stricter(runs):
     assert "0.7 pt worse" in gate and "significant at 0.5" in gate and "❌ fail" in gate
 
 
+# --- training noise: runs of the same params with other seeds or machines (`slmops noise`) -------------------
+
+
+def slmops(repo, *args):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run(
+        [sys.executable, "-m", "slmops.cli", *args], cwd=repo, capture_output=True, text=True, env=env
+    )
+
+
+def commit_seed(repo, seed: int, answers: dict, task, hardware=INTEL):
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["seed"] = seed
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    commit_run(repo, answers, hardware, 1.0, f"seed {seed}", task)
+
+
+@pytest.fixture()
+def seeds(runs, task):
+    """`runs` (AMD run, then the same commit on Intel), then the default params with seeds 1 and 2 on Intel: four
+    runs of one recipe, exact match 92.3%, 91.7%, 89.3% and 94.3%."""
+    base = committed_answers()
+    teacher = committed_answers("teacher")
+    commit_seed(runs, 1, {"quantized": flipped(base, 12, 3, task), "teacher": teacher}, task)
+    commit_seed(runs, 2, {"quantized": flipped(base, 4, 10, task), "teacher": teacher}, task)
+    return runs
+
+
+def test_noise_is_measured_between_runs_of_the_same_params(seeds):
+    result = slmops(seeds, "noise", "HEAD~3", "HEAD~2", "HEAD~1", "HEAD")
+    assert result.returncode == 0, result.stderr
+    document = json.loads((seeds / "reports/noise.json").read_text())
+    assert [run["seed"] for run in document["runs"]] == [42, 42, 1, 2]
+    assert [run["hardware"]["cpu"][:3] for run in document["runs"]] == ["AMD", "Int", "Int", "Int"]
+    em = [277, 275, 268, 283]  # right answers of 300 per run
+    pairs = [(a - b) / 300 for i, a in enumerate(em) for b in em[i + 1 :]]
+    expected = sum(d * d for d in pairs) / len(pairs)
+    assert document["mean_square_difference"]["exact_match"] == pytest.approx(expected)
+    assert "accuracy_kept" in document["mean_square_difference"]
+    assert "| `HEAD~1` | 1 | Intel(R) Xeon(R) Platinum 8370C CPU @ 2.80GHz | 89.0% | 89.3% | 100.4% |" in result.stdout
+    assert f"RMS difference between two runs: exact match {expected**0.5 * 100:.1f} pt" in result.stdout
+
+
+@pytest.mark.parametrize(
+    "revs, message",
+    [
+        (["HEAD"], "give at least two different runs"),
+        (["HEAD", "HEAD"], "give at least two different runs"),
+        (["HEAD", "nope"], "unknown git revision 'nope'"),
+    ],
+)
+def test_noise_refuses_too_few_runs_and_unknown_revisions(seeds, revs, message):
+    result = slmops(seeds, "noise", *revs)
+    assert result.returncode == 2 and message in result.stderr
+    assert not (seeds / "reports/noise.json").exists()
+
+
+def test_noise_refuses_runs_of_other_params_or_other_eval_records(seeds, task):
+    params = yaml.safe_load((seeds / "params.yaml").read_text())
+    params["distill"]["train"]["epochs"] = 3
+    (seeds / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    commit_run(seeds, {"quantized": committed_answers(), "teacher": committed_answers("teacher")}, INTEL, 1, "3", task)
+    result = slmops(seeds, "noise", "HEAD~1", "HEAD")
+    assert result.returncode == 2
+    assert "HEAD and HEAD~1 differ in params distill.train.epochs" in result.stderr
+    assert "(seed and gates aside)" in result.stderr
+    fewer = {"quantized": committed_answers()[:250], "teacher": committed_answers("teacher")[:250]}
+    commit_run(seeds, fewer, INTEL, 1.0, "fewer", task)
+    result = slmops(seeds, "noise", "HEAD~1", "HEAD")
+    assert result.returncode == 2 and "HEAD and HEAD~1 were scored on different eval records" in result.stderr
+    (seeds / "reports/predictions/quantized.jsonl").unlink()
+    result = slmops(seeds, "noise", "HEAD", "workspace")
+    assert result.returncode == 2 and "has no answers of the shipped model" in result.stderr
+
+
+def test_with_measured_training_noise_the_same_commit_on_another_cpu_passes(seeds, task):
+    """The real figures of the same commit on an AMD and an Intel CPU: 21 records right → wrong and 8 wrong → right
+    (4.3 points). McNemar's test alone fails the exact-match gate on them; with the spread between seeds, measured
+    by `slmops noise` and committed at the base, the gate passes and the change is marked as noise."""
+    assert slmops(seeds, "noise", "HEAD~3", "HEAD~2", "HEAD~1", "HEAD").returncode == 0
+    committed = {"quantized": committed_answers(), "teacher": committed_answers("teacher")}
+    commit_seed(seeds, 42, committed, task, AMD)  # the base: the committed run, with its training noise
+    another_cpu = {**committed, "quantized": flipped(committed["quantized"], 21, 8, task)}
+    commit_seed(seeds, 42, another_cpu, task, INTEL)
+    result = report(seeds, "--base", "HEAD~1", "--head", "HEAD", "--out", "out/report.md")
+    assert result.returncode == 0, result.stderr
+    markdown = (seeds / "out/report.md").read_text()
+    assert markdown.splitlines()[1].startswith("**✅ all 3 gates pass** · no accuracy change beyond noise")
+    gate = next(line for line in markdown.splitlines() if line.startswith("| exact_match |"))
+    assert "4.3 pt worse" in gate and "training noise included, within noise at 0.05) | ✅ pass |" in gate
+    assert "| exact match | 92.3% | 88.0% | -4.3 pt | -4.7% | ≈ within noise |" in markdown
+    assert "z-test of the paired change, training noise added to the eval-sampling variance" in markdown
+    assert "Training noise from reports/noise.json at HEAD~1 (4 runs of the same params" in markdown
+    # Without the noise file the same answers fail: McNemar's test alone sees the retraining as a regression.
+    git(seeds, "rm", "-q", "reports/noise.json")
+    commit_seed(seeds, 42, committed, task, AMD)
+    commit_seed(seeds, 42, another_cpu, task, INTEL)
+    result = report(seeds, "--base", "HEAD~1", "--head", "HEAD", "--out", "out/report.md")
+    assert result.returncode == 1 and "gate(s) failed: exact_match" in result.stderr
+    markdown = (seeds / "out/report.md").read_text()
+    assert "McNemar's exact test on the records that flipped" in markdown
+    assert "its noise was not measured (`slmops noise`)" in markdown
+
+
+def test_a_malformed_noise_file_is_named(seeds):
+    (seeds / "reports/noise.json").write_text(json.dumps({"runs": [], "mean_square_difference": {"exact_match": -1}}))
+    git(seeds, "add", "-A")
+    git(seeds, "commit", "-qm", "bad noise file")
+    result = report(seeds, "--base", "HEAD", "--head", "workspace", "--out", "out/report.md")
+    assert result.returncode == 2
+    assert "reports/noise.json at HEAD: expected `runs` (two or more) and `mean_square_difference`" in result.stderr
+
+
 # --- charts and experiments ---------------------------------------------------------------------------------
 
 

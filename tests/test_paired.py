@@ -6,7 +6,7 @@ import math
 import pytest
 from conftest import ROOT, committed_answers, flipped
 
-from slmops.report.paired import binomial_tail, mcnemar, pair
+from slmops.report.paired import TrainingNoise, binomial_tail, mcnemar, measure_noise, pair, paired_variance, z_test
 
 
 def test_binomial_tail_and_mcnemar_match_hand_computed_values():
@@ -71,3 +71,54 @@ def test_the_bootstrap_is_seeded(task):
     first = pair(task, {"quantized": base}, {"quantized": head}).shares["exact_match"]
     again = pair(task, {"quantized": base}, {"quantized": head}).shares["exact_match"]
     assert (first.low, first.high) == (again.low, again.high)
+
+
+# --- training noise: runs of the same params land apart; the tests add it --------------------------------
+
+
+def test_z_test_and_paired_variance_match_hand_computed_values():
+    assert paired_variance(21, 8, 300) == pytest.approx((29 / 300 - (13 / 300) ** 2) / 300)
+    worse, two_sided = z_test(-0.02, 0.0001)  # z = -2
+    assert worse == pytest.approx(0.02275, abs=1e-5) and two_sided == pytest.approx(0.0455, abs=1e-4)
+    assert z_test(0.0, 0.0) == (1.0, 1.0) and z_test(-0.01, 0.0) == (0.0, 0.0)
+
+
+def test_measure_noise_is_the_mean_square_difference_over_pairs():
+    runs = [{"exact_match": 0.90, "accuracy_kept": 1.0}, {"exact_match": 0.93}, {"exact_match": 0.91}]
+    noise = measure_noise(runs, "three seeds")
+    assert noise.runs == 3 and set(noise.mean_square_difference) == {"exact_match"}  # only what every run has
+    assert noise.mean_square_difference["exact_match"] == pytest.approx((0.03**2 + 0.01**2 + 0.02**2) / 3)
+    assert noise.rms("exact_match") == pytest.approx(math.sqrt((0.0009 + 0.0001 + 0.0004) / 3))
+    with pytest.raises(ValueError, match="at least two runs"):
+        measure_noise(runs[:1])
+
+
+def test_another_cpu_is_significant_by_mcnemar_alone_and_within_noise_with_training_noise(task):
+    """21 records right → wrong and 8 wrong → right: what the same commit gave on an AMD and an Intel CPU. McNemar
+    alone calls it a significant regression; with the measured spread between seeds added it is noise."""
+    base = committed_answers()
+    head = flipped(base, 21, 8, task)
+    alone = pair(task, {"quantized": base}, {"quantized": head}).shares["exact_match"]
+    assert alone.p_worse == pytest.approx(binomial_tail(21, 29)) and alone.p_worse < 0.05
+    noise = TrainingNoise(3, {"exact_match": 0.03**2}, "reports/noise.json")
+    pairing = pair(task, {"quantized": base}, {"quantized": head}, noise=noise)
+    em = pairing.shares["exact_match"]
+    variance = paired_variance(21, 8, 300) + 0.03**2
+    assert em.training_noise == 0.03**2 and em.p_worse == pytest.approx(z_test(-13 / 300, variance)[0])
+    assert em.p_worse > 0.05 and em.within_noise(0.05) and em.low < alone.low < 0 < em.high
+    assert pairing.test_name.startswith("z-test") and pairing.shares["field.intent"].training_noise is None
+    # A share the noise file does not cover keeps McNemar's exact test.
+    intent = pairing.shares["field.intent"]
+    assert intent.p_worse == pytest.approx(mcnemar(intent.right_to_wrong, intent.wrong_to_right)[0])
+
+
+def test_a_real_regression_stays_significant_with_training_noise(task):
+    base = committed_answers()
+    pairing = pair(
+        task,
+        {"quantized": base},
+        {"quantized": flipped(base, 40, 2, task)},
+        noise=TrainingNoise(3, {"exact_match": 0.0004}),
+    )
+    em = pairing.shares["exact_match"]
+    assert em.p_worse < 0.001 and not em.within_noise(0.05) and em.high < 0

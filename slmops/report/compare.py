@@ -22,10 +22,10 @@ from slmops.core.metrics import BY_KEY, COMPARED, SPEED_KEYS, Metric
 from slmops.report.paired import (
     DEFAULT_SIGNIFICANCE,
     RESAMPLES,
-    TEST_NAME,
     BootstrapChange,
     PairedChange,
     Pairing,
+    TrainingNoise,
     pair,
 )
 
@@ -112,8 +112,9 @@ def check_gates(rows: list[Row], gates: dict) -> list[GateResult]:
     optionally "significance" (default 0.05)}. A gate's key must be a row's (slmops.core.metrics.GATE_KEYS; params
     validation checks it): KeyError otherwise.
 
-    A per-record share with paired answers fails only when its regression is beyond the limit and McNemar's
-    one-sided exact test finds it significant at that level. A speed or memory figure gates only when timed side
+    A per-record share with paired answers fails only when its regression is beyond the limit and the paired test
+    (McNemar's one-sided exact test, or with measured training noise a z-test, slmops.report.paired) finds it
+    significant at that level. A speed or memory figure gates only when timed side
     by side in one run (`slmops bench compare`); committed figures give status "context"."""
     by_key = {row.metric.key: row for row in rows}
     results = []
@@ -141,7 +142,8 @@ def check_gates(rows: list[Row], gates: dict) -> list[GateResult]:
         if isinstance(row.noise, PairedChange):
             level = gate.get("significance") or DEFAULT_SIGNIFICANCE
             significant = row.noise.p_worse < level
-            detail += f" ({_interval(row.noise, row.metric)}; one-sided {_p_is(row.noise.p_worse)}"
+            noise = "" if row.noise.training_noise is None else ", training noise included"
+            detail += f" ({_interval(row.noise, row.metric)}; one-sided {_p_is(row.noise.p_worse)}{noise}"
             if failed and not significant:
                 detail += f", within noise at {level:g})"
             else:
@@ -352,12 +354,28 @@ def _accuracy_section(pairing: Pairing | None) -> list[str]:
     lines += [
         "",
         f"{pairing.n} eval records, the shipped model's answers at base and head paired by record id. p: "
-        f"{TEST_NAME} (two-sided; a gate uses the one-sided p of a regression at its `significance`, default "
-        f"{DEFAULT_SIGNIFICANCE:g}). Interval: paired bootstrap, {RESAMPLES:,} resamples, seeded. "
-        "Training is deterministic per machine, not across CPUs: the same commit run elsewhere differs by noise.",
+        f"{pairing.test_name} (two-sided; a gate uses the one-sided p of a regression at its `significance`, "
+        f"default {DEFAULT_SIGNIFICANCE:g}). Interval: paired bootstrap, {RESAMPLES:,} resamples, seeded"
+        + ("" if pairing.noise is None else ", widened by the training noise")
+        + ". "
+        + _training_noise_line(pairing.noise),
         "",
     ]
     return lines
+
+
+def _training_noise_line(noise: TrainingNoise | None) -> str:
+    if noise is None:
+        return (
+            "Training is deterministic per machine, not across CPUs, and its noise was not measured (`slmops "
+            "noise`): a retraining elsewhere, or with another seed, can differ beyond this test with no change."
+        )
+    rms = noise.rms("exact_match")
+    em = "" if rms is None else f": two runs of the same params differ by {rms * 100:.1f} pt of exact match (RMS)"
+    return (
+        f"Training noise from {noise.source} ({noise.runs} runs of the same params with other seeds or "
+        f"machines{em}), added to the eval-sampling variance."
+    )
 
 
 def _noise_mark(change: PairedChange | BootstrapChange, alpha: float) -> str:
@@ -707,10 +725,12 @@ def _plot(read, path: str, where: str):
 
 def build(base_rev: str, head_rev: str, speed: dict | None = None, repo: str | Path = ".") -> Comparison:
     """Base against head (head "workspace": the working copy): rows, gates (from the head's params), answers paired
-    record by record (with the task in the working copy's `task.dir`), the side-by-side `speed` if given, charts.
+    record by record (with the task in the working copy's `task.dir`) and tested with the training noise of
+    reports/noise.json at base (else at head) when there is one, the side-by-side `speed` if given, charts.
     Raises InputError for an unknown revision, unreadable files, or invalid params at head."""
     from slmops.core.params import validate_tree
     from slmops.core.task import load_task
+    from slmops.report.noise import NOISE_FILE, read_noise
 
     head_arg = None if head_rev == "workspace" else head_rev
     base_metrics, base_params, base_plots = read_revision(base_rev, repo)
@@ -721,7 +741,11 @@ def build(base_rev: str, head_rev: str, speed: dict | None = None, repo: str | P
     pairing = None
     base_answers, head_answers = read_predictions(base_rev, repo), read_predictions(head_arg, repo)
     if base_answers or head_answers:
-        pairing = pair(load_task(Path(repo) / head.task.dir), base_answers, head_answers, alpha=alpha)
+        noise = _at_revision(base_rev, repo, lambda read, where: read_noise(read(NOISE_FILE), where))
+        if noise is None:
+            noise = _at_revision(head_arg, repo, lambda read, where: read_noise(read(NOISE_FILE), where))
+        task = load_task(Path(repo) / head.task.dir)
+        pairing = pair(task, base_answers, head_answers, alpha=alpha, noise=noise)
     rows = compare(base_metrics, head_metrics, speed, pairing)
     return Comparison(
         base_rev,

@@ -9,6 +9,13 @@ wrong → right. Two standard tests on them:
   two-sided for the "within noise" mark.
 - A paired bootstrap (records resampled with replacement, seeded) for the interval of the change, and for
   `accuracy_kept` (a ratio of two shares, which no exact test covers).
+
+Both treat the two models as fixed. They are not: training is deterministic per machine only, and a retraining
+with another seed or on another CPU moves the whole model (AMD against Intel, same commit: 21 records right →
+wrong, 8 wrong → right, McNemar p = 0.012). When the training noise of the recipe was measured (`slmops noise`:
+the same params run with other seeds or on other machines, reports/noise.json), the test becomes a z-test whose
+variance adds the mean square difference between those runs to the paired eval-sampling variance: conservative
+(the two overlap), and a no-change retraining then passes.
 """
 
 from __future__ import annotations
@@ -26,6 +33,8 @@ RESAMPLES = 10_000
 SEED = 0
 SHARES = ("exact_match", "schema_valid", "json_valid")  # the per-record shares of slmops.core.metrics
 TEST_NAME = "McNemar's exact test on the records that flipped"
+NOISE_TEST_NAME = "z-test of the paired change, training noise added to the eval-sampling variance"
+KEPT = "accuracy_kept"
 
 
 @dataclass(frozen=True)
@@ -44,6 +53,7 @@ class PairedChange:
     high: float
     p_worse: float
     p_value: float
+    training_noise: float | None = None  # the mean square difference between runs of the same params, if measured
 
     @property
     def change(self) -> float:
@@ -80,6 +90,25 @@ class Pairing:
     kept: BootstrapChange | None  # accuracy_kept, when both revisions have the teacher's answers
     reason: str | None = None
     n: int = 0
+    noise: TrainingNoise | None = None  # the training noise the tests include, if measured
+
+    @property
+    def test_name(self) -> str:
+        return TEST_NAME if self.noise is None else NOISE_TEST_NAME
+
+
+@dataclass(frozen=True)
+class TrainingNoise:
+    """How far runs of the same params land apart: for each share (and accuracy_kept), the mean square difference
+    between two runs over every pair of `runs` runs (fractions squared). `source` says where it was measured."""
+
+    runs: int
+    mean_square_difference: dict[str, float]
+    source: str = ""
+
+    def rms(self, name: str) -> float | None:
+        value = self.mean_square_difference.get(name)
+        return None if value is None else math.sqrt(value)
 
 
 def binomial_tail(k: int, n: int) -> float:
@@ -120,6 +149,23 @@ def record_hits(task: Task, predictions: list[dict]) -> dict[str, dict[str, bool
     return hits
 
 
+def z_test(change: float, variance: float) -> tuple[float, float]:
+    """(one-sided p of "head is worse", two-sided p) of a change whose no-change distribution is taken as normal
+    with mean 0 and `variance`."""
+    if variance <= 0:
+        return (0.0 if change < 0 else 1.0), (1.0 if change == 0 else 0.0)
+    z = change / math.sqrt(variance)
+    worse = 0.5 * math.erfc(-z / math.sqrt(2))  # P(Z <= z)
+    return worse, min(1.0, math.erfc(abs(z) / math.sqrt(2)))
+
+
+def paired_variance(right_to_wrong: int, wrong_to_right: int, n: int) -> float:
+    """Variance of the mean paired difference of n records of which the given numbers flipped (each record's
+    difference is -1, 0 or +1): (share flipped - mean difference²) / n."""
+    flipped, mean = (right_to_wrong + wrong_to_right) / n, (wrong_to_right - right_to_wrong) / n
+    return max(flipped - mean**2, 0.0) / n
+
+
 def pair(
     task: Task,
     base: dict[str, list[dict]],
@@ -127,9 +173,11 @@ def pair(
     shipped: str = "quantized",
     alpha: float = DEFAULT_SIGNIFICANCE,
     seed: int = SEED,
+    noise: TrainingNoise | None = None,
 ) -> Pairing:
     """Pair the shipped variant's answers of two revisions. `base`, `head`: {variant: prediction records (id,
-    message, label, answer)}; the teacher's, when both have them, give accuracy_kept's interval too.
+    message, label, answer)}; the teacher's, when both have them, give accuracy_kept's interval too. With `noise`,
+    a share it covers is tested by z_test with its training noise added, and its interval widened alike.
     No pairing (reason given) when either lacks the shipped variant's answers or the two eval sets differ."""
     if not base.get(shipped) or not head.get(shipped):
         side = "base" if not base.get(shipped) else "head"
@@ -153,6 +201,12 @@ def pair(
         right_to_wrong, wrong_to_right = int(((b == 1) & (h == 0)).sum()), int(((b == 0) & (h == 1)).sum())
         low, high = _interval((h - b)[samples].mean(axis=1), alpha)
         p_worse, p_value = mcnemar(right_to_wrong, wrong_to_right)
+        extra = noise.mean_square_difference.get(name) if noise else None
+        if extra is not None:
+            change = float(h.mean() - b.mean())
+            variance = paired_variance(right_to_wrong, wrong_to_right, len(keys)) + extra
+            p_worse, p_value = z_test(change, variance)
+            low, high = _widened(low, high, change, extra, alpha)
         shares[name] = PairedChange(
             name,
             len(keys),
@@ -164,9 +218,29 @@ def pair(
             high,
             p_worse,
             p_value,
+            extra,
         )
     kept = _kept(task, base, head, base_hits, head_hits, keys, samples, alpha)
-    return Pairing(alpha, shares, kept, n=len(keys))
+    if kept is not None and noise and (extra := noise.mean_square_difference.get(KEPT)) is not None:
+        low, high = _widened(kept.low, kept.high, kept.change, extra, alpha)
+        kept = BootstrapChange(kept.name, kept.base, kept.head, low, high)
+    return Pairing(alpha, shares, kept, n=len(keys), noise=noise)
+
+
+def _widened(low: float, high: float, change: float, extra_variance: float, alpha: float) -> tuple[float, float]:
+    """A bootstrap interval of `change` widened by training noise: each half-width h becomes sqrt(h² + z² v), z the
+    normal quantile of the interval's level, v the extra variance."""
+    z2 = _normal_quantile(1 - alpha / 2) ** 2
+    return (
+        change - math.sqrt((change - low) ** 2 + z2 * extra_variance),
+        change + math.sqrt((high - change) ** 2 + z2 * extra_variance),
+    )
+
+
+def _normal_quantile(q: float) -> float:
+    from statistics import NormalDist
+
+    return NormalDist().inv_cdf(q)
 
 
 def _interval(values: np.ndarray, alpha: float) -> tuple[float, float]:
@@ -195,4 +269,29 @@ def _kept(task, base, head, base_hits, head_hits, keys, samples, alpha) -> Boots
         base_hits["exact_match"], base_teacher, samples
     )
     low, high = _interval(changes, alpha)
-    return BootstrapChange("accuracy_kept", base_value, head_value, low, high)
+    return BootstrapChange(KEPT, base_value, head_value, low, high)
+
+
+def shares_of(task: Task, predictions: dict[str, list[dict]], shipped: str = "quantized") -> dict[str, float]:
+    """One run's shares of the shipped variant ({share name: fraction}, as pair names them) and accuracy_kept
+    (when the teacher's answers are there). Empty when the shipped variant has no answers."""
+    if not predictions.get(shipped):
+        return {}
+    hits = record_hits(task, predictions[shipped])
+    figures = {name: float(np.mean(list(by_record.values()))) for name, by_record in hits.items()}
+    if predictions.get("teacher"):
+        teacher = float(np.mean(list(record_hits(task, predictions["teacher"])["exact_match"].values())))
+        figures[KEPT] = figures["exact_match"] / teacher if teacher else 0.0
+        figures["teacher.exact_match"] = teacher
+    return figures
+
+
+def measure_noise(runs: list[dict[str, float]], source: str = "") -> TrainingNoise:
+    """TrainingNoise of runs of the same params (each run: shares_of's figures): for each figure every run has,
+    the mean over all pairs of runs of the squared difference. Raises ValueError for fewer than two runs."""
+    if len(runs) < 2:
+        raise ValueError("training noise needs at least two runs of the same params")
+    names = sorted(set.intersection(*(set(run) for run in runs)) - {"teacher.exact_match"})
+    pairs = [(a, b) for i, a in enumerate(runs) for b in runs[i + 1 :]]
+    msd = {name: float(np.mean([(a[name] - b[name]) ** 2 for a, b in pairs])) for name in names}
+    return TrainingNoise(len(runs), msd, source)
