@@ -144,6 +144,12 @@ def check_speed_figures(speed: dict, path) -> None:
         if not isinstance(speed[side], dict):
             raise InputError(f"{path}: {side}: expected a mapping of figures")
         for key, value in speed[side].items():
+            if key == "per_round":
+                rounds = value if isinstance(value, list) else [value]
+                for number_of_round, figures in enumerate(rounds, start=1):
+                    if not isinstance(figures, dict) or not all(number(v) for v in figures.values()):
+                        raise InputError(f"{path}: {side}.per_round[{number_of_round}]: expected figure: number")
+                continue
             values = value if key == "latencies_ms" and isinstance(value, list) and value else [value]
             if key != "dir" and not all(number(v) for v in values):
                 raise InputError(f"{path}: {side}.{key}: {value!r} is not a number (or a list of them)")

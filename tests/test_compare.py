@@ -120,6 +120,27 @@ def test_markdown_has_the_marker_verdict_table_params_and_gates():
     assert "](" not in markdown  # no image or link with a relative path
 
 
+def test_side_by_side_speed_whose_rounds_disagree_is_within_noise():
+    """Three rounds of the side-by-side timing: decode tokens/s head ÷ base ×0.9, ×1.1, ×0.95 (the rounds disagree
+    on the direction: noise); latency p95 ×1.2, ×1.3, ×1.25 (every round slower: a change)."""
+    speed = side_by_side(BASE_METRICS, HEAD_METRICS)
+    for side, decode, p95 in (("base", [100, 100, 100], [10, 10, 10]), ("head", [90, 110, 95], [12, 13, 12.5])):
+        speed[side]["per_round"] = [
+            {"decode_tokens_per_s": d, "latency_p95_ms": p} for d, p in zip(decode, p95, strict=True)
+        ]
+    rows = {row.metric.key: row for row in compare(BASE_METRICS, HEAD_METRICS, speed=speed)}
+    assert rows["decode_tokens_per_s"].rounds_disagree and not rows["latency_p95_ms"].rounds_disagree
+    markdown = render(Comparison("main", "workspace", list(rows.values()), [], [], speed=speed))
+    assert "| decode tokens/s | 10,000 | 8,000 | -2,000 | -20.0% | ≈ within noise |" in markdown
+    assert "| decode tokens/s | 10,000 | 8,000 | ×0.80 | ×0.90 ×1.10 ×0.95 | ≈ within noise |" in markdown
+    assert "| latency p95 (ms) | 9.00 | 9.00 | ×1.00 | ×1.20 ×1.30 ×1.25 |  |" in markdown
+    assert "for speed timed side by side, ≈ within noise: its rounds disagree on the direction" in markdown
+    # A result without per-round figures (written before they were kept) gets no mark from them.
+    del speed["head"]["per_round"]
+    rows = compare(BASE_METRICS, HEAD_METRICS, speed=speed)
+    assert not any(row.rounds_disagree for row in rows)
+
+
 def test_changed_params_lists_added_removed_and_modified_keys():
     base = {"quantize": {"precision": "int4", "block_size": 32}, "seed": 1}
     head = {"quantize": {"precision": "int8"}, "seed": 1, "gates": {"size_mb": {"max_regression_pct": 5}}}

@@ -50,3 +50,12 @@ def test_report_refuses_a_speed_file_with_a_figure_that_is_not_a_number(tmp_path
     result = slmops("report", "--base", "HEAD", "--speed", tmp_path / "speed.json", "--out", tmp_path / "r.md")
     assert result.returncode == 2, result.stderr[-2000:]
     assert f"speed.json: {side}.{key}: {value!r} is not a number" in result.stderr
+
+
+def test_report_refuses_per_round_figures_that_are_not_numbers(tmp_path):
+    figures = {"dir": "d", "latency_p95_ms": 3.0, "latencies_ms": [1.0, 2.0]}
+    head = {**figures, "per_round": [{"latency_p95_ms": 3.0}, {"latency_p95_ms": "slow"}]}
+    speed = {"rounds": 2, "requests": 2, "order": ["base", "head"], "hardware": {}, "base": figures, "head": head}
+    (tmp_path / "speed.json").write_text(json.dumps(speed))
+    result = slmops("report", "--base", "HEAD", "--speed", tmp_path / "speed.json", "--out", tmp_path / "r.md")
+    assert result.returncode == 2 and "speed.json: head.per_round[2]: expected figure: number" in result.stderr

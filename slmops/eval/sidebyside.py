@@ -43,8 +43,8 @@ def time_side_by_side(
     Returns {"rounds", "requests" (timed per round), "order" (the sides in the order timed), "hardware"
     (slmops.eval.benchmark.hardware), "base" and "head": {"dir", latency_p50/p90/p95_ms (over every timed
     request of every round, ms), ttft_p50_ms (ms), decode_tokens_per_s, peak_rss_mb (MB): medians over rounds,
-    "latencies_ms": every timed request's latency}}. Raises InputError for a folder that is not a package,
-    RuntimeError when a measurement fails."""
+    "latencies_ms": every timed request's latency, "per_round": each round's own figures}}. Raises InputError
+    for a folder that is not a package, RuntimeError when a measurement fails."""
     folders = {"base": check_package(base_dir), "head": check_package(head_dir)}
     runs: dict[str, list[dict]] = {side: [] for side in SIDES}
     order = []
@@ -61,5 +61,23 @@ def time_side_by_side(
             **latency_percentiles(latencies),
             **{key: statistics.median(run[key] for run in runs[side]) for key in MEDIAN_OVER_ROUNDS},
             "latencies_ms": latencies,
+            "per_round": [_round_figures(run) for run in runs[side]],
         }
     return result
+
+
+def _round_figures(run: dict) -> dict:
+    """One round's figures: its own latency percentiles and the medianed figures, for the round-to-round spread."""
+    return {**latency_percentiles(run["latencies_ms"]), **{key: run[key] for key in MEDIAN_OVER_ROUNDS}}
+
+
+def round_ratios(speed: dict, key: str) -> list[float]:
+    """head ÷ base of figure `key` round by round (the i-th timing of each side); [] when per-round figures are
+    absent (a result written before they were kept) or a base figure is 0."""
+    base, head = speed["base"].get("per_round") or [], speed["head"].get("per_round") or []
+    if len(base) != len(head):
+        return []
+    pairs = [(b.get(key), h.get(key)) for b, h in zip(base, head, strict=True)]
+    if not pairs or any(b is None or h is None or b == 0 for b, h in pairs):
+        return []
+    return [h / b for b, h in pairs]

@@ -19,6 +19,7 @@ import numpy as np
 from slmops.core.errors import InputError
 from slmops.core.files import parse_json_object
 from slmops.core.metrics import BY_KEY, COMPARED, SPEED_KEYS, Metric
+from slmops.eval.sidebyside import round_ratios
 from slmops.report.paired import (
     DEFAULT_SIGNIFICANCE,
     RESAMPLES,
@@ -53,6 +54,13 @@ class Row:
     head: float | None
     same_run: bool = False
     noise: PairedChange | BootstrapChange | None = None
+    round_ratios: tuple[float, ...] = ()  # same-run speed: head ÷ base in each round of the side-by-side timing
+
+    @property
+    def rounds_disagree(self) -> bool:
+        """Same-run speed whose rounds do not agree on the direction (one round faster, another slower): the
+        change is within the machine's round-to-round noise."""
+        return bool(self.round_ratios) and min(self.round_ratios) <= 1 <= max(self.round_ratios)
 
     @property
     def change(self) -> float | None:
@@ -92,7 +100,9 @@ def compare(base: dict, head: dict, speed: dict | None = None, pairing: Pairing 
     rows = []
     for m in COMPARED:
         if speed is not None and m.key in SPEED_KEYS:
-            rows.append(Row(m, _number(speed["base"].get(m.key)), _number(speed["head"].get(m.key)), same_run=True))
+            base_value, head_value = _number(speed["base"].get(m.key)), _number(speed["head"].get(m.key))
+            ratios = tuple(round_ratios(speed, m.key))
+            rows.append(Row(m, base_value, head_value, same_run=True, round_ratios=ratios))
             continue
         noise = None
         if pairing is not None:
@@ -201,7 +211,7 @@ def _mark(row: Row, alpha: float) -> str:
         return "context only"
     if row.change == 0:
         return "="
-    if row.noise is not None and row.noise.within_noise(alpha):
+    if (row.noise is not None and row.noise.within_noise(alpha)) or row.rounds_disagree:
         return "≈ within noise"
     arrow = "▲" if row.change > 0 else "▼"
     return f"{arrow} {'✅' if row.regression < 0 else '❌'}"
@@ -300,6 +310,8 @@ def render(c: Comparison) -> str:
     legend += "and memory)"
     if c.pairing is not None and c.pairing.reason is None:
         legend += f"; ≈ within noise: the paired test cannot tell the change from noise at {alpha:g}"
+    if any(row.round_ratios for row in c.rows):
+        legend += "; for speed timed side by side, ≈ within noise: its rounds disagree on the direction"
     if any(row.context_only for row in c.rows):
         legend += (
             "; context only: speed or memory from two separate runs, or a speed ratio against the teacher within "
@@ -410,15 +422,20 @@ def _speed_section(speed: dict | None, hardware: tuple[dict | None, dict | None]
             f"requests each, one at a time, order {' → '.join(speed['order'])}) on "
             f"{_describe_hardware(speed['hardware'])}. Gates on speed and memory use these ratios.",
             "",
-            "| figure | base | head | head ÷ base |",
-            "|---|---:|---:|---:|",
+            "| figure | base | head | head ÷ base | round by round | |",
+            "|---|---:|---:|---:|---|---|",
         ]
         for key in SPEED_KEYS:
             metric, b, h = BY_KEY[key], speed["base"].get(key), speed["head"].get(key)
             if b is None or h is None:
                 continue
             ratio = f"×{h / b:.2f}" if b else "—"
-            lines.append(f"| {metric.label} | {metric.fmt.format(b)} | {metric.fmt.format(h)} | {ratio} |")
+            rounds = round_ratios(speed, key)
+            spread = " ".join(f"×{r:.2f}" for r in rounds)
+            noise = "≈ within noise" if rounds and min(rounds) <= 1 <= max(rounds) else ""
+            lines.append(
+                f"| {metric.label} | {metric.fmt.format(b)} | {metric.fmt.format(h)} | {ratio} | {spread} | {noise} |"
+            )
         lines.append("")
     else:
         lines += [
