@@ -346,7 +346,7 @@ def commit_run(repo, answers: dict[str, list[dict]], hardware: dict, speedup: fl
     from slmops.core.task import score
     from slmops.report.paired import parsed_answer
 
-    metrics = json.loads((ROOT / "reports/metrics.json").read_text())
+    metrics = json.loads((ROOT / "tests/data/answers/metrics.json").read_text())
 
     def scored(records):
         return score(task, [parsed_answer(task, r) for r in records], [r["label"] for r in records])

@@ -1,10 +1,9 @@
 """Accuracy changes with their uncertainty: McNemar's exact test and the paired bootstrap on answers that flipped."""
 
-import json
 import math
 
 import pytest
-from conftest import ROOT, committed_answers, flipped
+from conftest import committed_answers, flipped
 
 from slmops.report.paired import TrainingNoise, binomial_tail, mcnemar, measure_noise, pair, paired_variance, z_test
 
@@ -49,7 +48,7 @@ def test_a_real_regression_is_significant_with_its_interval(task):
 
 def test_accuracy_kept_gets_a_bootstrap_interval_when_both_teachers_answered(task):
     base = committed_answers()
-    teacher = [json.loads(line) for line in (ROOT / "reports/predictions/teacher.jsonl").read_text().splitlines()]
+    teacher = committed_answers("teacher")
     pairing = pair(
         task, {"quantized": base, "teacher": teacher}, {"quantized": flipped(base, 3, 3, task), "teacher": teacher}
     )
