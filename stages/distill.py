@@ -80,6 +80,7 @@ def main() -> None:
         },
     )
     remove_checkpoints("distill")
+    print(f"wrote {OUT} and {METRICS} ({stats['world_size']} process(es))")
 
 
 if __name__ == "__main__":

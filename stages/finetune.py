@@ -71,6 +71,7 @@ def main() -> None:
         write_json(adapter / "finetune.json", record)
     write_json(METRICS, record)
     remove_checkpoints("finetune")
+    print(f"wrote {OUT}, {ADAPTER} and {METRICS} ({stats['world_size']} process(es))")
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from transformers import Trainer, TrainingArguments
+from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.integrations import DVCLiveCallback
 
 from slmops.core.config import KD, Train
@@ -134,6 +134,15 @@ class CurvesCallback(DVCLiveCallback):
             self.on_log(args, state, control, logs={k: v for k, v in entry.items() if k != "step"})
 
 
+class LogLastStep(TrainerCallback):
+    """Log the last step too: the Trainer adds the loss of steps after the last log to `train_loss` from the
+    main process alone, which under several processes is that process's share, not the step's loss."""
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == state.max_steps:
+            control.should_log = True
+
+
 def train(
     model,
     tokenizer,
@@ -169,7 +178,7 @@ def train(
     resume = last_checkpoint(checkpoints) if saving else None
     with contextlib.ExitStack() as stack:
         scratch = stack.enter_context(tempfile.TemporaryDirectory(prefix="slmops-trainer-"))
-        callbacks = []
+        callbacks = [LogLastStep()]
         if main_process:  # the others write nothing; each would otherwise replace the curves
             live_tmp = stack.enter_context(atomic_dir(live_dir))
             callbacks.append(CurvesCallback(live=Live(dir=str(live_tmp), save_dvc_exp=False, dvcyaml=None)))
