@@ -24,13 +24,13 @@ ROWS = 32  # examples per stage run: 4 steps per epoch at batch 8, 12 in 3 epoch
 TOP_K = 4
 
 
-def kd_examples(tokenizer, task, labelled, count):
-    """`count` encoded examples of different lengths; every other one carries random teacher top-k log-probs."""
+def kd_examples(tokenizer, task, labelled, count, kd_rows):
+    """`count` encoded examples of different lengths; those at `kd_rows` carry random teacher top-k log-probs."""
     rng = np.random.default_rng(0)
     examples = []
     for i, row in enumerate(labelled[:count]):
         example = encode_chat(tokenizer, task.messages(row["message"], render_answer(row["label"])))
-        if i % 2 == 0:
+        if i in kd_rows:
             n = sum(label != IGNORE for label in example["labels"])
             ids = rng.integers(0, len(tokenizer), size=(n, TOP_K))
             logprobs = np.log(rng.dirichlet(np.ones(TOP_K), size=n))
@@ -70,8 +70,8 @@ def one_sgd_step(tokenizer, examples, batch_size, accumulation, tmp_path):
 def test_accumulation_gives_the_update_of_one_big_batch(tokenizer, task, labelled, tmp_path):
     """The step's CE and KD are normalised by the token counts of all its micro-batches: 2 x batch 2 moves the
     weights as far as 1 x batch 4 (the per-batch mean moved them 2.00x as far), for examples of different
-    lengths, half of them with teacher log-probs."""
-    examples = kd_examples(tokenizer, task, labelled, 4)
+    lengths, one with teacher log-probs (so one micro-batch has none: CE keeps its alpha weight there)."""
+    examples = kd_examples(tokenizer, task, labelled, 4, kd_rows={0})
     assert len({len(e["input_ids"]) for e in examples}) > 1
     big = one_sgd_step(tokenizer, examples, 4, 1, tmp_path)
     accumulated = one_sgd_step(tokenizer, examples, 2, 2, tmp_path)

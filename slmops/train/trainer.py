@@ -79,9 +79,10 @@ class DistillationTrainer(Trainer):
             logits.reshape(-1, logits.size(-1)).float(), labels.reshape(-1), ignore_index=IGNORE, reduction="sum"
         )
         loss = ce_sum / ce_items.clamp(min=1)
-        if self.kd is not None and answer is not None and kd_items > 0 and self.kd.alpha < 1.0:
-            kd_sum = logits.sum() * 0.0  # this micro-batch may have no KD positions while the step has some
-            if answer.any():
+        # alpha weighs CE in every micro-batch of a step that has KD positions, also in those that have none
+        if self.kd is not None and kd_items is not None and kd_items > 0 and self.kd.alpha < 1.0:
+            kd_sum = logits.sum() * 0.0
+            if answer is not None and answer.any():
                 kd_mean = losses.kd_loss(
                     self.kd.loss,
                     logits[answer],
