@@ -270,6 +270,8 @@ def test_a_killed_finetune_resumes_from_its_checkpoint_and_ends_as_an_uninterrup
     assert metrics["steps"] == reference["steps"] == 12
     # same machine, same seed: optimizer, schedule, random states and data position come back with the checkpoint
     assert_same_weights(weights(whole / "models/finetuned"), weights(killed / "models/finetuned"), 0.0)
-    curve = (killed / "reports/train/finetune/plots/metrics/loss.tsv").read_text()
-    assert curve == (whole / "reports/train/finetune/plots/metrics/loss.tsv").read_text()
+    # the curve has the whole run's points; the point logged over the steps around the resume (5-10) averages
+    # only those after it (the Trainer keeps no running loss in a checkpoint), the later ones are the same
+    curves = [(f / "reports/train/finetune/plots/metrics/loss.tsv").read_text().splitlines() for f in (killed, whole)]
+    assert len(curves[0]) == len(curves[1]) == 3 and curves[0][-1] == curves[1][-1]
     assert not (killed / ".slmops/checkpoints/finetune").exists()  # removed after success
