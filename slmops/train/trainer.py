@@ -81,7 +81,7 @@ class DistillationTrainer(Trainer):
         loss = ce_sum / ce_items.clamp(min=1)
         # alpha weighs CE in every micro-batch of a step that has KD positions, also in those that have none
         if self.kd is not None and kd_items is not None and kd_items > 0 and self.kd.alpha < 1.0:
-            kd_sum = logits.sum() * 0.0
+            kd_sum = logits.new_zeros(())
             if answer is not None and answer.any():
                 kd_mean = losses.kd_loss(
                     self.kd.loss,
