@@ -275,3 +275,30 @@ def test_a_killed_finetune_resumes_from_its_checkpoint_and_ends_as_an_uninterrup
     curves = [(f / "reports/train/finetune/plots/metrics/loss.tsv").read_text().splitlines() for f in (killed, whole)]
     assert len(curves[0]) == len(curves[1]) == 3 and curves[0][-1] == curves[1][-1]
     assert not (killed / ".slmops/checkpoints/finetune").exists()  # removed after success
+
+
+def test_process_count_auto_and_more_processes_than_gpus(monkeypatch):
+    from slmops.core.errors import InputError
+    from slmops.train.parallel import process_count
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert process_count(default("training", processes="auto")) == 1
+    assert process_count(default("training", processes=3)) == 3  # gloo: any count on a CPU
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert process_count(default("training", processes="auto")) == 2
+    with pytest.raises(InputError, match=r"training.processes: 4 processes but 2 CUDA device\(s\) here"):
+        process_count(default("training", processes=4))
+
+
+@pytest.mark.parametrize(
+    ("value", "message"), [(0, "0 processes; give 1 or more, or auto"), ("all", "Input should be 'auto'")]
+)
+def test_a_bad_process_count_is_refused_with_the_key(value, message):
+    from slmops.core.errors import InputError
+    from slmops.core.params import parse_params
+
+    text = (ROOT / "params.yaml").read_text().replace("  processes: 1 ", f"  processes: {value} ")
+    with pytest.raises(InputError) as err:
+        parse_params(text, "params.yaml", check_paths=False)
+    assert "training.processes" in str(err.value) and message in str(err.value)
