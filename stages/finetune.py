@@ -4,6 +4,8 @@
 
 lora / qlora: trains a peft adapter -> models/adapter/, merges it -> models/finetuned/.
 none: trains all weights -> models/finetuned/; models/adapter/ then holds only finetune.json.
+Processes and checkpoints: params `training` (slmops.train.parallel; with more than one process this re-launches
+itself under torchrun).
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ from slmops.core.params import load_params
 from slmops.core.task import load_task, read_labelled
 from slmops.train.data import sft_examples
 from slmops.train.lora import check_method_runs_here, load_base, merged_model, trainable_parameters, with_adapter
-from slmops.train.trainer import train
+from slmops.train.parallel import check_batch_split, checkpoint_dir, is_main_process, relaunched, remove_checkpoints
+from slmops.train.trainer import run_fingerprint, train
 
 STUDENT = Path("models/student")
 OUT = Path("models/finetuned")
@@ -33,6 +36,9 @@ def main() -> None:
     finetune = params.finetune
     method = finetune.method
     check_method_runs_here(method)
+    check_batch_split(finetune.train.batch_size, params.training, "finetune.train.batch_size")
+    if relaunched("stages.finetune", params.training):
+        return
     task = load_task(params.task.dir)
     rows = read_labelled(params.data.labelled, task)
     tokenizer = AutoTokenizer.from_pretrained(STUDENT)
@@ -40,7 +46,21 @@ def main() -> None:
     base = load_base(STUDENT, method)
     model = base if method == "none" else with_adapter(base, finetune.lora)
     trainable, total = trainable_parameters(model)
-    stats = train(model, tokenizer, sft_examples(task, tokenizer, rows), finetune.train, params.seed, LIVE_DIR)
+    examples = sft_examples(task, tokenizer, rows)
+    run = run_fingerprint(model, examples, method, finetune.train, params.seed, params.training)
+    stats = train(
+        model,
+        tokenizer,
+        examples,
+        finetune.train,
+        params.seed,
+        LIVE_DIR,
+        accumulation=params.training.gradient_accumulation_steps,
+        checkpoints=checkpoint_dir("finetune", run),
+        checkpoint_steps=params.training.checkpoint_steps,
+    )
+    if not is_main_process():
+        return
     record = {**stats, "method": method, "trainable_parameters": trainable, "total_parameters": total}
     with atomic_dir(ADAPTER) as adapter, atomic_dir(OUT) as out:
         if method != "none":
@@ -50,6 +70,8 @@ def main() -> None:
         tokenizer.save_pretrained(out)
         write_json(adapter / "finetune.json", record)
     write_json(METRICS, record)
+    remove_checkpoints("finetune")
+    print(f"wrote {OUT}, {ADAPTER} and {METRICS} ({stats['world_size']} process(es))")
 
 
 if __name__ == "__main__":

@@ -1,3 +1,5 @@
+import os
+
 import pytest
 
 from slmops.core.errors import InputError
@@ -68,3 +70,24 @@ def test_a_line_separator_inside_a_string_is_not_a_new_record(tmp_path):
     path = tmp_path / "prompts.jsonl"
     path.write_text('{"message": "a\u2028b"}\n', encoding="utf-8")
     assert read_jsonl(path) == [{"message": "a\u2028b"}]
+
+
+def test_atomic_dir_keeps_the_temporary_folder_of_a_process_still_writing(tmp_path):
+    """Several processes (ranks, or two runs) writing beside each other: only temporaries of dead processes go."""
+    import subprocess
+    import sys
+
+    writer = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        alive = tmp_path / f".out.tmp-{writer.pid}-abc"
+        alive.mkdir()
+        dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+        stale = tmp_path / f".out.tmp-{dead.stdout.strip()}-def"
+        stale.mkdir()
+        with atomic_dir(tmp_path / "out") as tmp:
+            assert tmp.name.startswith(f".out.tmp-{os.getpid()}-")
+            (tmp / "done").write_text("y")
+        assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["out", alive.name])
+    finally:
+        writer.kill()
+        writer.wait()

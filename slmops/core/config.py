@@ -309,6 +309,38 @@ class Distill(Section):
     kd: KD = Field(description="The knowledge-distillation loss.")
 
 
+class Training(Section):
+    """How distill and finetune run: processes (data parallel under torchrun) and checkpoints for preemption.
+
+    A stage's `train.batch_size` stays the examples per optimisation step, split over processes and accumulation
+    steps, so changing them changes memory and speed, not what is learned (README: "Training on several
+    processes / GPUs")."""
+
+    processes: int | Literal["auto"] = Field(
+        description=(
+            "Data-parallel processes on this machine (torchrun; gloo on CPU, nccl with one CUDA device each). "
+            "auto: one per visible CUDA device, 1 without CUDA."
+        )
+    )
+    gradient_accumulation_steps: int = Field(
+        ge=1, description="Micro-batches per optimisation step in each process (less memory, same update)."
+    )
+    checkpoint_steps: int = Field(
+        ge=0,
+        description=(
+            "Save a resumable checkpoint every N optimisation steps under .slmops/checkpoints/ (0: none); a rerun "
+            "after a kill resumes from the last one, and a finished run removes them."
+        ),
+    )
+
+    @field_validator("processes")
+    @classmethod
+    def _at_least_one(cls, value):
+        if isinstance(value, int) and value < 1:
+            raise ValueError(f"{value} processes; give 1 or more, or auto")
+        return value
+
+
 class Lora(Section):
     r: int = Field(ge=1, description="Rank of the update matrices.")
     alpha: float = Field(gt=0, description="Scaling numerator (update scaled by alpha / r).")
@@ -467,6 +499,7 @@ class Params(Section):
     )
     distill: Distill = Field(description="Train the student on the teacher's answers.")
     finetune: Finetune = Field(description="Fine-tune the student on the human-labelled set.")
+    training: Training = Field(description="Processes and checkpoints of the distill and finetune training runs.")
     quantize: Quantize = Field(description="Export the fine-tuned model to ONNX for onnxruntime-genai and quantize it.")
     evaluate: Evaluate = Field(
         description="Score every model variant on the held-out eval set: accuracy, speed and memory."

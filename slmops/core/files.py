@@ -17,13 +17,16 @@ from slmops.core.errors import InputError
 def atomic_dir(target: str | Path) -> Iterator[Path]:
     """Yield a temporary folder beside `target`; rename it to `target` only if the block succeeds.
 
-    A killed or failing stage leaves `target` as it was (or absent), never half-written.
+    A killed or failing stage leaves `target` as it was (or absent), never half-written. The temporary folder's
+    name carries this process's id (.<name>.tmp-<pid>-<random>); on entry only those of processes that no longer
+    run are removed, so processes writing beside each other (several ranks, two runs) keep theirs.
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    for stale in target.parent.glob(f".{target.name}.tmp-*"):  # left by a killed run
-        shutil.rmtree(stale, ignore_errors=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    for stale in target.parent.glob(f".{target.name}.tmp-*"):
+        if not _process_alive(_writer_pid(stale.name)):  # left by a killed run
+            shutil.rmtree(stale, ignore_errors=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-{os.getpid()}-", dir=target.parent))
     tmp.chmod(0o755)  # mkdtemp makes it private; outputs are meant to be shared and copied
     try:
         yield tmp
@@ -35,6 +38,24 @@ def atomic_dir(target: str | Path) -> Iterator[Path]:
         target.rename(old)
     tmp.rename(target)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def _writer_pid(name: str) -> int | None:
+    """The process id in a temporary folder's name .<name>.tmp-<pid>-<random>; None for other names (older runs)."""
+    pid = name.rsplit(".tmp-", 1)[1].split("-", 1)[0]
+    return int(pid) if pid.isdigit() and "-" in name.rsplit(".tmp-", 1)[1] else None
+
+
+def _process_alive(pid: int | None) -> bool:
+    if pid is None:
+        return False
+    try:
+        os.kill(pid, 0)  # signal 0: only checks that the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by another user
+    return True
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 from pathlib import Path
 
 import torch
@@ -37,7 +38,9 @@ def load_base(folder: Path, method: str):
         bnb_4bit_use_double_quant=True,
         bnb_4bit_compute_dtype=torch.bfloat16,
     )
-    base = AutoModelForCausalLM.from_pretrained(folder, quantization_config=quantization, device_map={"": 0})
+    # each process of a data-parallel run holds its own copy on its own device (torchrun's LOCAL_RANK)
+    device = int(os.environ.get("LOCAL_RANK", "0"))
+    base = AutoModelForCausalLM.from_pretrained(folder, quantization_config=quantization, device_map={"": device})
     return prepare_model_for_kbit_training(base)
 
 
