@@ -36,7 +36,7 @@ ENV_DIR = Path("azureml/env")
 JOB_YAML = Path("azureml/job.yml")
 COMPUTE_YAML = Path("azureml/compute.yml")
 RESULTS = "results"  # the job's one named output
-JOB_COMMAND = "bash scripts/azureml-job.sh ${{outputs.%s}}" % RESULTS
+JOB_COMMAND = "bash scripts/azureml-job.sh ${{outputs.results}}"
 UUID = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
 EXIT_JOB_FAILED = 3  # the Azure ML job failed or was cancelled (1 is a failed gate, 2 bad input)
 
@@ -337,6 +337,7 @@ def follow(ml_client, name: str) -> None:
     except JobException as err:
         raise JobDidNotComplete(f"Azure ML job {name} failed:\n{err.message}") from None
     status = ml_client.jobs.get(name).status
+    status = getattr(status, "value", status)  # a JobStatus enum or a plain string, by SDK version
     if status != "Completed":
         raise JobDidNotComplete(f"Azure ML job {name} ended {status}, not Completed")
 
