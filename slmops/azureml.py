@@ -38,6 +38,7 @@ COMPUTE_YAML = Path("azureml/compute.yml")
 RESULTS = "results"  # the job's one named output
 JOB_COMMAND = "bash scripts/azureml-job.sh ${{outputs.results}}"
 UUID = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+GENERATED = "# Generated from azureml.yaml by `python -m slmops.azureml dump`; at submission the commit is filled in.\n"
 EXIT_JOB_FAILED = 3  # the Azure ML job failed or was cancelled (1 is a failed gate, 2 bad input)
 
 
@@ -140,6 +141,9 @@ class Git:
     branch: str
 
 
+DUMP_GIT = Git(sha="0" * 40, branch="main")  # the placeholder commit of the committed azureml/job.yml
+
+
 def git_identity(root: str | Path = ".") -> Git:
     """The commit and branch the job is tagged with: AZUREML_GIT_COMMIT / AZUREML_GIT_BRANCH (set in CI, where
     HEAD is a merge commit), else git's. The same variables give the job its git properties in azure-ai-ml."""
@@ -237,8 +241,7 @@ def training_job(config: AzureML, module: str, git: Git, root: str | Path = ".")
     rather than Azure ML's per-process launch: the stage's code then runs the same under `torchrun` on a
     laptop, a GPU runner and Azure ML, and torchrun restarts workers and owns the rendezvous. Azure ML sets
     MASTER_ADDR, MASTER_PORT and NODE_RANK on each node. The node count is passed as a literal."""
-    from azure.ai.ml import command
-    from azure.ai.ml.entities import PyTorchDistribution
+    from azure.ai.ml import PyTorchDistribution, command
 
     dist = config.distribution
     launch = (
@@ -261,10 +264,10 @@ def training_job(config: AzureML, module: str, git: Git, root: str | Path = ".")
 
 
 def job_yaml(job, root: str | Path = ".") -> str:
-    """The job as `az ml job create -f` reads it, with the code and build paths made relative to `root`."""
+    """The job (a `command()` node) as `az ml job create -f` reads it, code and build paths relative to `root`."""
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "job.yml"
-        job.dump(path)
+        job._to_job().dump(path)  # the CommandJob: load_job reads it back (a node's own dump it cannot)
         text = path.read_text()
     absolute = str(Path(root).resolve())
     return text.replace(f"{absolute}/", "").replace(absolute, ".")
@@ -376,8 +379,8 @@ def main(argv: list[str] | None = None) -> int:
         (ENV_DIR / "requirements.txt").write_text(requirements_text())
     elif args == ["dump"]:
         config = load_config()
-        JOB_YAML.write_text(job_yaml(build_job(config, Git(sha="0" * 40, branch="main"))))
-        COMPUTE_YAML.write_text(compute_yaml(config))
+        JOB_YAML.write_text(GENERATED + job_yaml(build_job(config, DUMP_GIT)))
+        COMPUTE_YAML.write_text(GENERATED + compute_yaml(config))
     elif args == ["uncached-outputs"]:
         print("\n".join(uncached_outputs()))
     elif len(args) == 3 and args[0] == "secret":
