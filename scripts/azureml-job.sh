@@ -12,7 +12,8 @@
 # TEACHER_KEY_VAULT_URL + TEACHER_KEY_SECRET + TEACHER_KEY_ENV: an endpoint teacher's key, read from Key Vault
 # with the compute's identity into the variable TEACHER_KEY_ENV names; never part of the job definition.
 set -euo pipefail
-out="${1:?usage: scripts/azureml-job.sh RESULTS_DIR}"
+mkdir -p "${1:?usage: scripts/azureml-job.sh RESULTS_DIR}"
+out="$(cd "$1" && pwd)"
 cd "$(dirname "$0")/.."
 export DVC_NO_ANALYTICS=1
 
@@ -36,7 +37,6 @@ else
   echo "no DVC remote: the models stay in this job (only the results output comes back)"
 fi
 
-mkdir -p "$out"
 cp dvc.lock "$out/"
 python -m slmops.azureml uncached-outputs | while IFS= read -r path; do
   if [ -e "$path" ]; then
