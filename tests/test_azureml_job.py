@@ -62,7 +62,7 @@ def test_the_job_script_pulls_reproduces_pushes_and_fills_the_results_output(azu
     out = tmp_path / "results-1"
     result = run(["bash", "scripts/azureml-job.sh", str(out)], first)
     assert stages_ran(result) == {"teacher", "synthesize", "distill", "finetune", "quantize", "evaluate", "package"}
-    assert (first / ".dvc/config.local").read_text().count("no_scm = True") == 1
+    assert (first / ".dvc/config.local").read_text().count("no_scm = true") == 1
 
     # Every cache: false output of dvc.yaml, and dvc.lock, in the named output; the models in the remote.
     assert filecmp.cmp(out / "dvc.lock", first / "dvc.lock", shallow=False)
