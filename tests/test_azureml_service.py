@@ -147,3 +147,15 @@ def test_a_cancelled_workflow_cancels_its_job(project, results, azurite, monkeyp
     assert fake.cancelled == [name]
     assert ("POST", f"{fake.jobs[name]['id']}/cancel", None) in fake.requests
     assert f"cancelled Azure ML job {name}" in capsys.readouterr().err
+
+
+def test_a_completed_job_without_a_lock_in_its_results_is_an_error(project, tmp_path, azurite, monkeypatch, capsys):
+    empty = tmp_path / "empty-results"
+    (empty / "reports").mkdir(parents=True)
+    (empty / "reports/metrics.json").write_text("{}")
+    fake = fake_service(monkeypatch, azurite, empty, "Completed")
+    metrics = (project / "reports/metrics.json").read_text()
+    assert cli.main(["azureml", "submit"]) == 3
+    name = next(iter(fake.jobs))
+    assert f"error: Azure ML job {name}: its `results` output holds no dvc.lock" in capsys.readouterr().err
+    assert (project / "reports/metrics.json").read_text() == metrics  # nothing half-copied
