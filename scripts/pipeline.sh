@@ -6,9 +6,14 @@
 #                                      update the one pull-request comment; exit 1 if a gate fails
 #   scripts/pipeline.sh main           pull, reproduce, push the DVC cache
 #
+# PIPELINE_BACKEND=runner (default): dvc repro here. PIPELINE_BACKEND=azureml: `slmops azureml submit` runs the same
+# pull/repro/push as one Azure ML job (azureml.yaml), copies its dvc.lock and reports into this checkout, and the
+# package is pulled from the DVC remote; the rest (speed, report, comment) is the same.
+#
 # Optional environment: DVC remote credentials (AZURE_STORAGE_CONNECTION_STRING, or AZURE_STORAGE_ACCOUNT with
-# AZURE_STORAGE_KEY / an Azure identity): without them nothing is pushed. GH_TOKEN, GITHUB_REPOSITORY and
-# PR_NUMBER: without them the report is written to reports/pr/report.md and not posted.
+# AZURE_STORAGE_KEY / an Azure identity: AZURE_CLIENT_ID, AZURE_TOKEN_CREDENTIALS, or a managed identity's
+# endpoint): without them nothing is pulled or pushed. GH_TOKEN, GITHUB_REPOSITORY and PR_NUMBER: without them the
+# report is written to reports/pr/report.md and not posted.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,18 +23,41 @@ make install
 . .venv/bin/activate
 
 has_remote() { [ -n "$(dvc remote list)" ]; }
-has_credentials() { [ -n "${AZURE_STORAGE_CONNECTION_STRING:-}${AZURE_STORAGE_KEY:-}${AZURE_CLIENT_ID:-}" ]; }
+# A key, a connection string, a client id, or an identity with no secret at all: a system-assigned managed identity
+# (Azure ML compute, a VM: IDENTITY_ENDPOINT / MSI_ENDPOINT) or a credential named in AZURE_TOKEN_CREDENTIALS
+# (the Azure CLI after azure/login) with the account AZURE_STORAGE_ACCOUNT.
+has_credentials() {
+  [ -n "${AZURE_STORAGE_CONNECTION_STRING:-}${AZURE_STORAGE_KEY:-}${AZURE_CLIENT_ID:-}" ] ||
+    { [ -n "${AZURE_STORAGE_ACCOUNT:-}" ] &&
+      [ -n "${AZURE_TOKEN_CREDENTIALS:-}${IDENTITY_ENDPOINT:-}${MSI_ENDPOINT:-}" ]; }
+}
 
-if has_remote && has_credentials; then
-  # What the remote lacks (a new stage, a changed param) is rebuilt by dvc repro below.
-  dvc pull --allow-missing || echo "dvc pull: some outputs are not on the remote yet; they will be rebuilt"
-fi
-dvc repro
-if has_remote && has_credentials; then
-  dvc push
-else
-  echo "no DVC remote or no credentials: not pushing the cache"
-fi
+backend="${PIPELINE_BACKEND:-runner}"
+case "$backend" in
+  runner)
+    if has_remote && has_credentials; then
+      # What the remote lacks (a new stage, a changed param) is rebuilt by dvc repro below.
+      dvc pull --allow-missing || echo "dvc pull: some outputs are not on the remote yet; they will be rebuilt"
+    fi
+    dvc repro
+    if has_remote && has_credentials; then
+      dvc push
+    else
+      echo "no DVC remote or no credentials: not pushing the cache"
+    fi
+    ;;
+  azureml)
+    # Submit, stream, fail on a failed or cancelled job (exit 3), copy dvc.lock and the reports here.
+    slmops azureml submit
+    if [ "$mode" != main ]; then
+      dvc pull package  # the job pushed the models; the package is what the speed comparison and artifacts need
+    fi
+    ;;
+  *)
+    echo "PIPELINE_BACKEND must be runner or azureml, not '$backend'" >&2
+    exit 2
+    ;;
+esac
 
 if [ "$mode" = main ]; then
   exit 0

@@ -10,6 +10,9 @@ slmops report --base REV --experiments      rank the DVC experiments run on top 
 slmops bench compare BASE_DIR HEAD_DIR      time two packages alternately in one run (report --speed reads it)
 slmops noise REV REV [REV ...]              training noise between runs of the same params (report's tests use it)
 slmops serve DIR [--host H] [--port P]      OpenAI-compatible HTTP server over a packaged model
+slmops azureml submit [--config azureml.yaml]  run `dvc repro` as one Azure ML job, bring its results back
+                                            (exit 3: the job failed or was cancelled)
+slmops azureml cancel NAME                  cancel an Azure ML job (a cancelled workflow's last step)
 """
 
 from __future__ import annotations
@@ -251,6 +254,33 @@ def cmd_serve(args) -> int:
     return 0
 
 
+def _azureml_client(config):
+    """The workspace's MLClient (a function of its own so that tests can put a fake service behind it)."""
+    from slmops import azureml
+
+    return azureml.client(config)
+
+
+def cmd_azureml_submit(args) -> int:
+    from slmops import azureml
+
+    config = azureml.load_config(args.config)
+    git = azureml.git_identity(".")
+    try:
+        azureml.run(_azureml_client(config), config, git, ".")
+    except azureml.JobDidNotComplete as err:
+        print(f"error: {err}", file=sys.stderr)
+        return azureml.EXIT_JOB_FAILED
+    return 0
+
+
+def cmd_azureml_cancel(args) -> int:
+    from slmops import azureml
+
+    azureml.cancel(_azureml_client(azureml.load_config(args.config)), args.name)
+    return 0
+
+
 def positive_int(text: str) -> int:
     """argparse type: a whole number of at least 1 (argparse turns the ValueError into a usage error, exit 2)."""
     value = int(text)
@@ -343,6 +373,16 @@ def main(argv: list[str] | None = None) -> int:
         help="requests that may wait while one is answered; more get 503 with Retry-After (default 32)",
     )
     server.set_defaults(run=cmd_serve)
+    aml = sub.add_parser("azureml", help="run the pipeline on Azure ML").add_subparsers(dest="action", required=True)
+    aml_submit = aml.add_parser(
+        "submit", help="submit `dvc repro` as one Azure ML job, stream it, copy its results into the checkout"
+    )
+    aml_submit.add_argument("--config", default="azureml.yaml", help="the Azure ML config (workspace, compute)")
+    aml_submit.set_defaults(run=cmd_azureml_submit)
+    aml_cancel = aml.add_parser("cancel", help="cancel an Azure ML job by name")
+    aml_cancel.add_argument("name")
+    aml_cancel.add_argument("--config", default="azureml.yaml")
+    aml_cancel.set_defaults(run=cmd_azureml_cancel)
     args = parser.parse_args(argv)
     try:
         return args.run(args)

@@ -59,14 +59,46 @@ def test_least_privilege_and_pinned_actions(path):
 def test_pipeline_workflow_runner_comes_from_a_variable_and_secrets_skip_forks():
     workflow = yaml.safe_load((ROOT / ".github/workflows/pipeline.yml").read_text())
     jobs = workflow["jobs"]
-    assert all(job["runs-on"] == "${{ vars.PIPELINE_RUNNER || 'ubuntu-latest' }}" for job in jobs.values())
+    runner_jobs = {name: job for name, job in jobs.items() if name != "azureml"}
+    assert all(job["runs-on"] == "${{ vars.PIPELINE_RUNNER || 'ubuntu-latest' }}" for job in runner_jobs.values())
+    assert all("vars.PIPELINE_BACKEND != 'azureml'" in job["if"] for job in runner_jobs.values())
     assert jobs["pull-request"]["permissions"] == {"contents": "read", "pull-requests": "write"}
     assert jobs["main"]["permissions"] == {"contents": "read"}
     env = next(s for s in jobs["pull-request"]["steps"] if "env" in s)["env"]
     for name in ("AZURE_STORAGE_CONNECTION_STRING", "TEACHER_API_KEY"):
         assert "github.event.pull_request.head.repo.full_name == github.repository" in env[name]
-    run_steps = [s["run"] for job in jobs.values() for s in job["steps"] if "run" in s]
+    run_steps = [s["run"] for job in runner_jobs.values() for s in job["steps"] if "run" in s]
     assert run_steps == ['scripts/pipeline.sh pr "$BASE_REF"', "scripts/pipeline.sh main"]
+
+
+def test_the_azureml_backend_logs_in_by_oidc_on_its_own_job_and_cancels_its_job():
+    workflow = yaml.safe_load((ROOT / ".github/workflows/pipeline.yml").read_text())
+    assert "id-token" not in str(workflow["permissions"])
+    job = workflow["jobs"]["azureml"]
+    assert "vars.PIPELINE_BACKEND == 'azureml'" in job["if"]
+    assert "github.event.pull_request.head.repo.full_name == github.repository" in job["if"]  # no fork
+    assert job["permissions"] == {"contents": "read", "pull-requests": "write", "id-token": "write"}
+    assert [name for name, other in workflow["jobs"].items() if "id-token" in other["permissions"]] == ["azureml"]
+    steps = job["steps"]
+    login = next(s for s in steps if s.get("uses", "").startswith("azure/login@"))
+    assert set(login["with"]) == {"client-id", "tenant-id", "subscription-id"}  # OIDC: no client secret
+    assert all(value.startswith("${{ vars.") for value in login["with"].values())
+    submit = next(s for s in steps if s.get("id") == "pipeline")
+    assert submit["env"]["PIPELINE_BACKEND"] == "azureml"
+    assert submit["env"]["AZURE_TOKEN_CREDENTIALS"] == "AzureCliCredential"
+    assert "secrets." not in str(submit)
+    cancel = next(s for s in steps if "cancel" in s.get("run", ""))
+    assert cancel["if"] == "cancelled() && steps.pipeline.outputs.job != ''"
+    assert cancel["run"] == '.venv/bin/slmops azureml cancel "$JOB"'
+    assert cancel["env"]["JOB"] == "${{ steps.pipeline.outputs.job }}"
+    assert steps.index(login) < steps.index(submit) < steps.index(cancel)
+
+
+def test_pipeline_script_has_an_azureml_backend():
+    script = (ROOT / "scripts/pipeline.sh").read_text()
+    assert 'backend="${PIPELINE_BACKEND:-runner}"' in script
+    assert "slmops azureml submit" in script and "dvc pull package" in script
+    assert subprocess.run(["bash", "-n", ROOT / "scripts/azureml-job.sh"]).returncode == 0
 
 
 def test_pipeline_script_is_valid_bash_and_needs_a_mode():

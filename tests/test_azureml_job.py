@@ -1,0 +1,91 @@
+"""scripts/azureml-job.sh, the Azure ML side, run for real: in a `git archive HEAD` copy of the project (no .git,
+as the job's code snapshot), on a small params override, with Azurite as the DVC remote."""
+
+import filecmp
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import ROOT
+from test_pipeline_e2e import small_params, stages_ran
+
+from slmops import azureml
+
+pytestmark = pytest.mark.e2e
+BIN = Path(sys.executable).parent
+
+
+def snapshot(dest: Path, azurite: str) -> Path:
+    """HEAD's files without .git, the small params, and the Azurite remote (its key in config.local, as the job's
+    identity would be: never in a committed file)."""
+    dest.mkdir()
+    archive = subprocess.run(["git", "archive", "HEAD"], cwd=ROOT, capture_output=True, check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
+    small = dest / "data/small"
+    small.mkdir()
+    for src, dst, n in (
+        ("seed/labelled.jsonl", "labelled.jsonl", 150),
+        ("prompts/unlabelled.jsonl", "prompts.jsonl", 150),
+        ("eval/eval.jsonl", "eval.jsonl", 40),
+    ):
+        lines = (ROOT / "data" / src).read_text().splitlines(keepends=True)[:n]
+        (small / dst).write_text("".join(lines))
+    params = small_params(yaml.safe_load((dest / "params.yaml").read_text()))
+    (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    run(["dvc", "remote", "add", "-d", "blob", "azure://dvc/store"], dest)
+    run(["dvc", "remote", "modify", "--local", "blob", "connection_string", azurite], dest)
+    return dest
+
+
+def run(cmd, cwd):
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "PYTHONPATH": str(cwd)}
+    result = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=env)
+    assert result.returncode == 0, f"{cmd}: {result.returncode}\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
+    return result
+
+
+def blobs(azurite: str) -> set[str]:
+    from azure.storage.blob import BlobServiceClient
+
+    container = BlobServiceClient.from_connection_string(azurite).get_container_client("dvc")
+    return {blob.name for blob in container.list_blobs()}
+
+
+def test_the_job_script_pulls_reproduces_pushes_and_fills_the_results_output(azurite, tmp_path):
+    first = snapshot(tmp_path / "first", azurite)
+    assert not (first / ".git").exists()
+    out = tmp_path / "results-1"
+    result = run(["bash", "scripts/azureml-job.sh", str(out)], first)
+    assert stages_ran(result) == {"teacher", "synthesize", "distill", "finetune", "quantize", "evaluate", "package"}
+    assert (first / ".dvc/config.local").read_text().count("no_scm = true") == 1
+
+    # Every cache: false output of dvc.yaml, and dvc.lock, in the named output; the models in the remote.
+    assert filecmp.cmp(out / "dvc.lock", first / "dvc.lock", shallow=False)
+    outputs = azureml.uncached_outputs(first)
+    for path in outputs:
+        assert (out / path).exists(), f"{path} missing from the results output"
+        if (first / path).is_file():
+            assert filecmp.cmp(out / path, first / path, shallow=False)
+    assert json.loads((out / "reports/metrics.json").read_text()) == json.loads(
+        (first / "reports/metrics.json").read_text()
+    )
+    assert not (out / "models").exists()
+    pushed = blobs(azurite)
+    assert any(name.startswith("store/files/md5/") for name in pushed)
+    assert any(name.startswith("store/runs/") for name in pushed)  # the run-cache, pushed with --run-cache
+
+    # A second job, on a new snapshot holding what the author commits from the first (dvc.lock and the reports):
+    # it pulls the models from the remote and reruns nothing.
+    second = snapshot(tmp_path / "second", azurite)
+    shutil.copytree(out, second, dirs_exist_ok=True)
+    out2 = tmp_path / "results-2"
+    again = run(["bash", "scripts/azureml-job.sh", str(out2)], second)
+    assert stages_ran(again) == set(), again.stdout[-3000:]
+    assert filecmp.cmp(out2 / "dvc.lock", out / "dvc.lock", shallow=False)
+    package = yaml.safe_load((second / "params.yaml").read_text())["package"]["name"]
+    assert (second / "models/foundry" / package / "manifest.json").is_file()  # pulled, not rebuilt
