@@ -145,6 +145,14 @@ def tiny_onnx(tiny_hf_dir, tmp_path_factory):
     return folders
 
 
+def pytest_collection_modifyitems(items):
+    """Every test that needs the builder's export (tiny_onnx, two exports in child processes) is marked slow:
+    `make test-fast` (-m "not e2e and not slow") leaves it out."""
+    for item in items:
+        if "tiny_onnx" in item.fixturenames:
+            item.add_marker(pytest.mark.slow)
+
+
 AZURITE = ROOT / "tools/azurite/node_modules/.bin/azurite-blob"
 # Azurite's well-known development account (public, documented by Microsoft; not a secret).
 AZURITE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="

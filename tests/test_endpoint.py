@@ -503,6 +503,7 @@ def test_generate_and_label_writes_new_prompts_and_drops_near_duplicates(project
     assert len(writing) == 4 and all(b["temperature"] == 1.0 and b["max_tokens"] == 256 for b in writing)
 
 
+@pytest.mark.slow  # the stage killed is a child process that imports torch
 def test_kill_9_mid_run_then_rerun_gives_the_uninterrupted_dataset(project, teacher, rows, tmp_path):
     teacher.answer_limit = 25
     endpoint_params(
