@@ -1,9 +1,9 @@
-# The two commands of the README: `make pipeline` and `make test`. Both set up .venv first.
+# The commands of the README: `make pipeline`, `make test` and `make test-fast`. Each sets up .venv first.
 PYTHON ?= python3.11
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: install pipeline test bench azurite mermaid
+.PHONY: install pipeline test test-fast bench azurite mermaid
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,6 +18,10 @@ pipeline: $(STAMP)
 
 test: $(STAMP) azurite mermaid
 	. $(VENV)/bin/activate && ruff check . && ruff format --check . && pytest
+
+# The edit loop: every test but the end-to-end and slow ones (markers e2e and slow), in under 3 minutes.
+test-fast: $(STAMP) mermaid
+	. $(VENV)/bin/activate && ruff check . && ruff format --check . && pytest -m "not e2e and not slow"
 
 # Benchmarks of the default pipeline's models (builds them first if needed).
 bench: $(STAMP)

@@ -1,7 +1,13 @@
+import contextlib
+import importlib
+import io
 import json
+import logging
+import os
 import shutil
 import subprocess
 import sys
+import traceback
 from pathlib import Path
 
 import pytest
@@ -68,10 +74,43 @@ def tiny_model(tokenizer):
     return build_llama(TINY_LLAMA, tokenizer)
 
 
-def run_stage(cwd, stage):
-    """`python -m stages.<stage>` in cwd, with the project's code importable and a minimal PATH."""
-    env = {"PYTHONPATH": str(ROOT), "PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin"}
-    return subprocess.run([sys.executable, "-m", f"stages.{stage}"], cwd=cwd, capture_output=True, text=True, env=env)
+def run_stage(cwd, stage, **env):
+    """What `python -m stages.<stage>` in cwd does, with the environment variables `env` set: a CompletedProcess
+    (returncode, stdout, stderr).
+
+    In this process (a child would spend seconds importing torch again), except package: Foundry Local's
+    manager is one per process, so package runs in a child with the project's code importable and a minimal
+    PATH. In process, stdout and stderr are captured, the exit code is SystemExit's (2 for an InputError), and
+    an uncaught exception is exit code 1 with its traceback on stderr, as the interpreter does."""
+    command = [sys.executable, "-m", f"stages.{stage}"]
+    if stage == "package":
+        env = {"PYTHONPATH": str(ROOT), "PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", **env}
+        return subprocess.run(command, cwd=cwd, capture_output=True, text=True, env=env)
+    main = importlib.import_module(f"stages.{stage}").main
+    out, err, code = io.StringIO(), io.StringIO(), 0
+    previous_dir, previous_env = os.getcwd(), {name: os.environ.get(name) for name in env}
+    os.chdir(cwd)
+    os.environ.update(env)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                main()
+            except SystemExit as exit_:
+                code = exit_.code if isinstance(exit_.code, int) else int(exit_.code is not None)
+                if isinstance(exit_.code, str):
+                    print(exit_.code, file=sys.stderr)
+            except Exception:
+                traceback.print_exc()
+                code = 1
+    finally:
+        os.chdir(previous_dir)
+        for name, value in previous_env.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        logging.getLogger().handlers.clear()  # configure_logging pointed them at the captured stderr
+    return subprocess.CompletedProcess(command, code, out.getvalue(), err.getvalue())
 
 
 @pytest.fixture()
@@ -104,6 +143,14 @@ def tiny_onnx(tiny_hf_dir, tmp_path_factory):
         folders[precision] = root / precision
         run_builder(tiny_hf_dir, folders[precision], default("quantize", precision=precision), root)
     return folders
+
+
+def pytest_collection_modifyitems(items):
+    """Every test that needs the builder's export (tiny_onnx, two exports in child processes) is marked slow:
+    `make test-fast` (-m "not e2e and not slow") leaves it out."""
+    for item in items:
+        if "tiny_onnx" in item.fixturenames:
+            item.add_marker(pytest.mark.slow)
 
 
 AZURITE = ROOT / "tools/azurite/node_modules/.bin/azurite-blob"

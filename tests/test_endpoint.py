@@ -1,5 +1,6 @@
 """The openai teacher backend against real HTTP servers on 127.0.0.1: the fault-injecting FakeTeacher and
-`slmops serve`. Library calls in-process; the teacher, endpoint and synthesize stages as subprocesses."""
+`slmops serve`. Library calls and the teacher, endpoint and synthesize stages in-process (conftest.run_stage); the
+stage killed mid-run in a subprocess."""
 
 import json
 import re
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import ROOT, default
+from conftest import ROOT, default, run_stage
 from fake_endpoint import FakeTeacher
 
 from slmops.core.config import GenerationSettings
@@ -354,10 +355,7 @@ def endpoint_params(project, teacher, rows, **synthesize):
 
 
 def stage(project, name, key=FAKE_KEY):
-    env = {"PYTHONPATH": str(ROOT), "PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "FAKE_TEACHER_KEY": key}
-    return subprocess.run(
-        [sys.executable, "-m", f"stages.{name}"], cwd=project, capture_output=True, text=True, env=env
-    )
+    return run_stage(project, name, FAKE_TEACHER_KEY=key)
 
 
 def run_openai_stages(project):
@@ -505,6 +503,7 @@ def test_generate_and_label_writes_new_prompts_and_drops_near_duplicates(project
     assert len(writing) == 4 and all(b["temperature"] == 1.0 and b["max_tokens"] == 256 for b in writing)
 
 
+@pytest.mark.slow  # the stage killed is a child process that imports torch
 def test_kill_9_mid_run_then_rerun_gives_the_uninterrupted_dataset(project, teacher, rows, tmp_path):
     teacher.answer_limit = 25
     endpoint_params(

@@ -43,6 +43,7 @@ def test_int4_export_is_smaller_and_keeps_greedy_tokens(tiny_hf_dir, tiny_onnx, 
     assert {"MatMulNBits", "GatherBlockQuantized"} <= ops  # embeddings quantized too (quantize.embeddings)
 
 
+@pytest.mark.slow  # an export in a child process
 def test_int8_quantizes_matmuls_to_8_bits(tiny_hf_dir, tmp_path, tokenizer):
     run_builder(tiny_hf_dir, tmp_path / "int8", default("quantize", precision="int8", block_size=16), tmp_path)
     nodes = [n for n in onnx.load(str(tmp_path / "int8/model.onnx")).graph.node if n.op_type == "MatMulNBits"]
@@ -52,6 +53,7 @@ def test_int8_quantizes_matmuls_to_8_bits(tiny_hf_dir, tmp_path, tokenizer):
     assert answer.tokens <= 8
 
 
+@pytest.mark.slow  # an export in a child process
 def test_parity_check_catches_the_builders_lm_head_misdetection(tokenizer, tmp_path):
     """An MLP as wide as the vocabulary: the builder takes it for the LM head and exports wrong logits."""
     torch.manual_seed(0)
@@ -101,6 +103,7 @@ def test_olive_workflow_int8_keeps_the_logits_output(tiny_hf_dir):
     assert workflow["output_dir"] == "/out" and workflow["input_model"]["model_path"] == str(tiny_hf_dir)
 
 
+@pytest.mark.slow  # an export in a child process
 def test_olive_engine_exports_a_model_that_passes_the_parity_check(tiny_hf_dir, tokenizer, tmp_path):
     out = tmp_path / "olive-out"
     config = default("quantize", precision="int4")
@@ -117,6 +120,7 @@ def test_olive_engine_exports_a_model_that_passes_the_parity_check(tiny_hf_dir, 
     assert parity.failure("int4", config.parity.max_abs_logit_diff, config.parity.min_greedy_agreement) is None
 
 
+@pytest.mark.slow  # an export in a child process
 def test_olive_run_that_writes_no_model_is_an_error(tmp_path):
     workflow = {
         "input_model": {"type": "HfModel", "model_path": str(tmp_path / "nothing-here")},
@@ -152,6 +156,7 @@ def quantize_project(project, tiny_hf_dir):
     return project
 
 
+@pytest.mark.slow  # an export in a child process
 def test_quantize_stage_writes_a_checked_export(quantize_project):
     set_params(quantize_project, quantize__precision="fp32")
     result = run_stage(quantize_project, "quantize")
@@ -163,6 +168,7 @@ def test_quantize_stage_writes_a_checked_export(quantize_project):
         assert (quantize_project / "models/onnx" / name).is_file(), name
 
 
+@pytest.mark.slow  # an export in a child process
 def test_quantize_stage_fails_on_parity_and_writes_nothing(quantize_project):
     set_params(quantize_project, quantize__precision="fp32", quantize__parity__max_abs_logit_diff=1e-12)
     result = run_stage(quantize_project, "quantize")

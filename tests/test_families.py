@@ -24,6 +24,8 @@ from conftest import ROOT, run_stage
 from families import FAMILIES, SPECS, build
 from transformers import AutoConfig, AutoTokenizer, GenerationConfig
 
+pytestmark = pytest.mark.slow  # a module-scoped run of every stage per family
+
 CHAT = [
     {"role": "system", "content": "Answer in JSON."},
     {"role": "user", "content": "Where is order ORD-12?"},

@@ -21,6 +21,8 @@ TRANSPORT_ONLY = {
     "synthesize.requests",
 }
 
+pytestmark = pytest.mark.slow  # runs every stage of a tiny pipeline in-process (minutes on 2 cores)
+
 PIPELINE = ("teacher", "endpoint", "synthesize", "distill", "finetune", "quantize", "evaluate", "package")
 
 

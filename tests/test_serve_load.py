@@ -27,6 +27,7 @@ def alone(model: OnnxChatModel, n: int) -> str:
     return "".join(model.stream(body(n)["messages"], MAX_TOKENS, options))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("max_queue", [64, 8])
 def test_64_clients_get_every_answer_right_with_no_reset(tiny_onnx, max_queue):
     model = OnnxChatModel(tiny_onnx["int4"])
