@@ -123,12 +123,13 @@ def test_prompt_has_the_asked_length():
 
 
 def test_arguments(tmp_path):
-    args = parse_args(["--sizes", "0.5b", "--repeats", "2"])
-    assert args.sizes == ["0.5b"] and args.repeats == 2
+    args = parse_args(["--sizes", "0.5b", "--repeats", "2", "--variants", "int8-b32"])
+    assert args.sizes == ["0.5b"] and args.repeats == 2 and args.variants == ["int8-b32"]
     for argv, message in (
         (["--sizes", "7b,0.5b"], "--sizes: unknown size 7b; choose from 0.5b, 1.5b"),
         (["--sizes", ","], "--sizes: unknown size (none given)"),
         (["--repeats", "0"], "--repeats must be at least 1, got 0"),
+        (["--variants", "int4-emb-b128,int3"], "--variants: unknown variant int3; choose from int4-emb-b32, "),
     ):
         result = subprocess.run(
             [sys.executable, "-m", "benchmarks.scale", *argv, "--out", str(tmp_path / "scale")],
