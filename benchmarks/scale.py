@@ -105,25 +105,33 @@ def decode_bytes_per_token(weight_bytes: int, config: dict, kv_dtype_bytes: int,
 
 ONNX_DTYPE_BYTES = {1: 4, 2: 1, 3: 1, 5: 2, 6: 4, 7: 8, 10: 2, 11: 8, 16: 2, 21: 0.5, 22: 0.5}
 LOOKUP_OPS = {"Gather", "GatherBlockQuantized"}
+FOLDED_OPS = {"Transpose", "Reshape", "Cast"}  # onnxruntime folds these on an initializer once, at load
 GQA_TABLE_INPUTS = (7, 8)  # GroupQueryAttention's cos_cache, sin_cache: one row read a step
 
 
 def onnx_weight_bytes_per_token(model) -> int:
     """Bytes of initializers one decode step of an onnx.ModelProto reads: all of them, except tables only looked
-    up by row (an embedding a Gather reads one row of, the rotary caches), which count nothing. A table an LM head
-    shares (shared_embeddings) is read whole."""
+    up by row (an embedding a Gather reads one row of, directly or through a folded Transpose/Reshape/Cast, and the
+    rotary caches), which count nothing. A table an LM head shares (shared_embeddings) is read whole."""
     sizes = {}
     for tensor in model.graph.initializer:
         count = int(np.prod(tensor.dims)) if tensor.dims else 1
         sizes[tensor.name] = int(count * ONNX_DTYPE_BYTES[tensor.data_type])
-    read_whole = set()
+    consumers: dict[str, list] = {}
     for node in model.graph.node:
         for index, name in enumerate(node.input):
-            lookup = node.op_type in LOOKUP_OPS and index != 1  # the table, its scales and zero points
-            rotary = node.op_type == "GroupQueryAttention" and index in GQA_TABLE_INPUTS
-            if name in sizes and not (lookup or rotary):
-                read_whole.add(name)
-    return sum(sizes[name] for name in read_whole)
+            consumers.setdefault(name, []).append((node, index))
+
+    def looked_up(name: str) -> bool:
+        uses = consumers.get(name, [])
+        return bool(uses) and all(
+            (node.op_type in LOOKUP_OPS and index != 1)  # the table, its scales and zero points
+            or (node.op_type == "GroupQueryAttention" and index in GQA_TABLE_INPUTS)
+            or (node.op_type in FOLDED_OPS and all(looked_up(out) for out in node.output))
+            for node, index in uses
+        )
+
+    return sum(size for name, size in sizes.items() if name in consumers and not looked_up(name))
 
 
 def copy_bandwidth(megabytes: int = 256, repeats: int = 5) -> float:

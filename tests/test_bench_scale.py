@@ -79,6 +79,19 @@ def test_a_table_shared_with_the_lm_head_is_read_whole():
     assert onnx_weight_bytes_per_token(_model(nodes, [table, int4])) == 4000 + 5
 
 
+def test_a_table_transposed_for_a_lookup_counts_nothing():
+    # the builder's fp32 graph of a tied model: the embedding is a Transpose of the LM head's weight, which
+    # onnxruntime folds at load; the int8 quantizer then gives the LM head its own 8-bit copy
+    weight = _raw("lm_head.weight", TensorProto.FLOAT, [8, 1000])  # 32,000 bytes
+    head = _raw("lm_head_q8", TensorProto.UINT8, [1000, 8])  # 8,000 bytes
+    nodes = [
+        helper.make_node("Transpose", ["lm_head.weight"], ["table"]),
+        helper.make_node("Gather", ["table", "ids"], ["h"]),
+        helper.make_node("MatMulNBits", ["h", "lm_head_q8"], ["logits"], domain="com.microsoft"),
+    ]
+    assert onnx_weight_bytes_per_token(_model(nodes, [weight, head])) == 8000
+
+
 def row(name, **figures):
     return {"name": name, "size_vs_fp32": 0.14, "bound_share": 0.9, "decode_tokens_per_s": 30.0} | figures
 
