@@ -29,7 +29,7 @@ CONVERTER_FILES = ("convert_hf_to_gguf.py", "conversion/", "gguf-py/")
 # the pre-tokenizer only names how llama.cpp would split text, and the family's own (qwen2) is the true answer.
 CONVERT = """
 import runpy, sys
-sys.path.insert(0, {root!r})
+sys.path[:0] = [{root!r} + "/gguf-py", {root!r}]
 from conversion import base
 base.TextModel.get_vocab_base_pre = lambda self, tokenizer: {pre!r}
 sys.argv = ["convert_hf_to_gguf.py", *{args!r}]
@@ -72,9 +72,9 @@ def convert(model_dir: Path, out: Path, cache: Path, pretokenizer: str = "qwen2"
         args=[str(model_dir), "--outfile", str(out), "--outtype", "f16"],
         script=str(root / "convert_hf_to_gguf.py"),
     )
-    # NO_LOCAL_GGUF: the pinned gguf package, not the copy vendored beside the script
-    env = {**os.environ, "NO_LOCAL_GGUF": "1"}
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    # The gguf-py vendored beside the script: the registry's gguf of the same version number lacks newer
+    # architectures the converter's modules name (MODEL_ARCH.DFLASH); the pinned gguf only reads files here.
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     if result.returncode != 0 or not out.is_file():
         raise RuntimeError(f"convert_hf_to_gguf.py failed (exit {result.returncode}):\n{result.stderr[-3000:]}")
     return out
