@@ -384,7 +384,7 @@ def profile(size: str, args) -> dict:
         rows.append(bounded(row, per_token))
     if plan["peer"] and not args.skip_peer:
         rows.append(peer_row(model_dir, cache, chats, config, fp32_bytes, args))
-    if plan["parity"]:
+    if plan["parity"] and not args.skip_parity:
         log(f"{size}: parity against PyTorch fp32")
         agreement = parity(model_dir, exports, [chats[64][0]] * 1 + [chats[512][0]], args.parity_tokens)
         rows = [row | agreement.get(row["name"], {}) for row in rows]
@@ -428,6 +428,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--parity-tokens", type=int, default=16)
     parser.add_argument("--skip-peer", action="store_true", help="no llama.cpp (needs the bench-scale extra)")
     parser.add_argument("--skip-torch", action="store_true", help="no PyTorch timings")
+    parser.add_argument("--skip-parity", action="store_true", help="no greedy agreement against PyTorch fp32")
     parser.add_argument("--variants", default="", help=f"comma-separated subset of {', '.join(VARIANTS)}")
     args = parser.parse_args(argv)
     args.sizes = [s.strip() for s in args.sizes.split(",") if s.strip()]
