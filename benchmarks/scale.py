@@ -382,13 +382,19 @@ def profile(size: str, args) -> dict:
             parameters * dtype_bytes, config, dtype_bytes, len(chats[64][1]), args.torch_new_tokens
         )
         rows.append(bounded(row, per_token))
+    peer_error = None
     if plan["peer"] and not args.skip_peer:
-        rows.append(peer_row(model_dir, cache, chats, config, fp32_bytes, args))
+        try:
+            rows.append(peer_row(model_dir, cache, chats, config, fp32_bytes, args))
+        except RuntimeError as err:  # keep the rows measured so far; the run still fails (see main)
+            peer_error = str(err).splitlines()[0]
+            log(f"llama.cpp: {peer_error}")
     if plan["parity"] and not args.skip_parity:
         log(f"{size}: parity against PyTorch fp32")
         agreement = parity(model_dir, exports, [chats[64][0]] * 1 + [chats[512][0]], args.parity_tokens)
         rows = [row | agreement.get(row["name"], {}) for row in rows]
-    return {"parameters": parameters, "config": {k: config[k] for k in SHAPES[size]}, "rows": rows}
+    shape = {k: config[k] for k in SHAPES[size]}
+    return {"parameters": parameters, "config": shape, "rows": rows, "peer_error": peer_error}
 
 
 def peer_row(model_dir: Path, cache: Path, chats: dict, config: dict, fp32_bytes: int, args):
@@ -460,6 +466,9 @@ def main(argv: list[str] | None = None) -> int:
     measured = half and any(row["name"] == GOAL_VARIANT for row in half["rows"])
     result["failures"] = goal_failures(half["rows"]) if measured else []
     result["goals_checked"] = bool(measured)
+    result["failures"] += [
+        f"llama.cpp ({size}): {s['peer_error']}" for size, s in result["sizes"].items() if s["peer_error"]
+    ]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
     report = render_report(result)
