@@ -3,7 +3,7 @@ PYTHON ?= python3.11
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: install pipeline test test-fast bench azurite mermaid
+.PHONY: install pipeline test test-fast bench bench-scale azurite mermaid
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,13 @@ test-fast: $(STAMP) mermaid
 # Benchmarks of the default pipeline's models (builds them first if needed).
 bench: $(STAMP)
 	. $(VENV)/bin/activate && dvc repro && pytest tests/benchmarks --benchmark-only -s
+
+# The scale profile (benchmarks/scale.py): 0.5B- and 1.5B-shaped models through the project's quantize path and
+# speed measurement, against PyTorch and llama.cpp. Models and exports go to BENCH_SCALE_CACHE, outside git.
+BENCH_SCALE_CACHE ?= $(HOME)/.cache/slmops/bench-scale
+bench-scale: $(STAMP)
+	$(VENV)/bin/pip install --quiet -e '.[test,bench-scale]'
+	. $(VENV)/bin/activate && python -m benchmarks.scale --cache $(BENCH_SCALE_CACHE) $(BENCH_SCALE_ARGS)
 
 # Azurite (an Azure Blob service on loopback) for the DVC remote test; npm is the only way to get it.
 AZURITE := tools/azurite/node_modules/.bin/azurite-blob

@@ -216,11 +216,11 @@ def build(family: str, folder: str | Path, seed: int = 0, **overrides) -> Path:
     ends = [ids[name] for name in spec["ends"]]
     config = AutoConfig.for_model(
         spec["model_type"],
-        vocab_size=len(tok),
         bos_token_id=ids.get(spec["bos"]),
         eos_token_id=ends if len(ends) > 1 else ends[0],
         pad_token_id=ids.get(spec["pad"]),
-        **{**SHAPE, **spec["config"], **overrides},
+        # vocab_size may be overridden upwards (a hub model's padded vocabulary); the ids past the tokenizer are unused
+        **{"vocab_size": len(tok), **SHAPE, **spec["config"], **overrides},
     )
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)

@@ -174,10 +174,14 @@ def test_speed_is_measured_in_a_fresh_process(task, tiny_onnx, tiny_hf_dir):
     chats = [task.messages("where is my order ORD-12?")] * 4
     onnx = measure("onnx", str(tiny_onnx["int4"]), chats, warmup=1, max_new_tokens=8)
     torch_figures = measure("torch", str(tiny_hf_dir), chats, warmup=1, max_new_tokens=8)
-    for figures in (onnx, torch_figures):
+    bf16 = measure("torch-bf16", str(tiny_hf_dir), chats, warmup=1, max_new_tokens=8)
+    for figures in (onnx, torch_figures, bf16):
         assert figures["requests"] == 3 and len(figures["latencies_ms"]) == 3
         assert 0 < figures["ttft_p50_ms"] <= figures["latency_p50_ms"]
+        # the runtime imported, no weights yet: below the peak, which adds the model and its work
+        assert 0 < figures["runtime_rss_mb"] < figures["peak_rss_mb"]
     assert onnx["peak_rss_mb"] < torch_figures["peak_rss_mb"]  # no torch in the ONNX child
+    assert onnx["runtime_rss_mb"] < torch_figures["runtime_rss_mb"]
 
 
 def test_speed_of_a_missing_model_names_it(task, tmp_path):

@@ -27,13 +27,13 @@ class Timing:
     tokens: int
 
 
-def time_torch(model_dir: str, chats: list[list[dict]], max_new_tokens: int) -> list[Timing]:
+def time_torch(model_dir: str, chats: list[list[dict]], max_new_tokens: int, dtype: str = "float32") -> list[Timing]:
     import torch
     from transformers.generation.streamers import BaseStreamer
 
     from slmops.models.hf import end_token_ids, load_model_and_tokenizer
 
-    model, tokenizer = load_model_and_tokenizer(model_dir)
+    model, tokenizer = load_model_and_tokenizer(model_dir, getattr(torch, dtype))
 
     class FirstToken(BaseStreamer):
         """generate() puts the prompt first, then each new token: the second put is the first token."""
@@ -101,6 +101,9 @@ def summarize(timings: list[Timing]) -> dict:
     }
 
 
+TORCH_KINDS = {"torch": "float32", "torch-bf16": "bfloat16"}
+
+
 def measure(
     kind: str,
     model_dir: str,
@@ -109,7 +112,9 @@ def measure(
     max_new_tokens: int,
     execution_provider: str = "cpu",
 ) -> dict:
-    """Run in a child process: summary figures, each request's latency, and the child's peak RSS."""
+    """Run in a child process: summary figures, each request's latency, the child's peak RSS and its resident
+    memory with the runtime imported but no model loaded (runtime_rss_mb; peak minus it is the model's own).
+    kind: "onnx", "torch" (fp32) or "torch-bf16"."""
     payload = json.dumps(
         {
             "kind": kind,
@@ -184,13 +189,30 @@ def _version(distribution: str) -> str | None:
         return None
 
 
+def rss_mb() -> float:
+    """This process's resident memory now (VmRSS), in MB."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmRSS in /proc/self/status (memory is measured on Linux only)")
+
+
 def _child() -> None:
     job = json.loads(sys.stdin.read())
-    timer = time_torch if job["kind"] == "torch" else time_onnx
-    extra = {} if job["kind"] == "torch" else {"execution_provider": job["execution_provider"]}
+    if job["kind"] in TORCH_KINDS:
+        import transformers  # noqa: F401  (imported before the weights, so that runtime_rss_mb holds it)
+
+        timer, extra = time_torch, {"dtype": TORCH_KINDS[job["kind"]]}
+    else:
+        import onnxruntime_genai  # noqa: F401
+
+        timer, extra = time_onnx, {"execution_provider": job["execution_provider"]}
+    runtime = rss_mb()
     timings = timer(job["model_dir"], job["chats"], job["max_new_tokens"], **extra)[job["warmup"] :]
     figures = summarize(timings)
     figures["peak_rss_mb"] = peak_rss_mb()
+    figures["runtime_rss_mb"] = runtime
     figures["latencies_ms"] = [t.seconds * 1000 for t in timings]
     print(json.dumps(figures))
 
