@@ -6,6 +6,7 @@
 #   scripts/seeds.sh 1 2 3 4
 set -euo pipefail
 cd "$(dirname "$0")/.."
+[ -d .venv/bin ] && PATH="$PWD/.venv/bin:$PATH" # the project's dvc and slmops, activated or not
 if [ -n "$(git status --porcelain -- params.yaml dvc.lock)" ]; then
     echo "seeds.sh: commit params.yaml and dvc.lock first: the seeds are compared with the run committed at HEAD" >&2
     exit 2
