@@ -77,7 +77,9 @@ def test_the_job_script_pulls_reproduces_pushes_and_fills_the_results_output(azu
     assert not (out / "models").exists()
     pushed = blobs(azurite)
     assert any(name.startswith("store/files/md5/") for name in pushed)
-    assert any(name.startswith("store/runs/") for name in pushed)  # the run-cache, pushed with --run-cache
+    # No run-cache entry: DVC keeps none for a stage with a `persist: true` output (dvc/stage/cache.py, _can_hash),
+    # and every stage here has one; a later job restores through the dvc.lock the author commits, as below.
+    assert not any(name.startswith("store/runs/") for name in pushed)
 
     # A second job, on a new snapshot holding what the author commits from the first (dvc.lock and the reports):
     # it pulls the models from the remote and reruns nothing.
