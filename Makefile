@@ -19,7 +19,7 @@ pipeline: $(STAMP)
 test: $(STAMP) azurite mermaid
 	. $(VENV)/bin/activate && ruff check . && ruff format --check . && pytest
 
-# The edit loop: every test but the end-to-end and slow ones (markers e2e and slow), in under 3 minutes.
+# The edit loop: every test but the end-to-end and slow ones (markers e2e and slow).
 test-fast: $(STAMP) mermaid
 	. $(VENV)/bin/activate && ruff check . && ruff format --check . && pytest -m "not e2e and not slow"
 
