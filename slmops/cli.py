@@ -206,13 +206,15 @@ def cmd_noise(args) -> int:
 
     from slmops.core.params import parse_params
     from slmops.core.task import load_task
-    from slmops.report.noise import measure_runs, runs_table, write_noise
+    from slmops.report.noise import instability, measure_runs, runs_table, write_noise
 
     params = parse_params(Path(args.params).read_text(), args.params, check_paths=False)  # only task.dir is read
     document = measure_runs(args.revs, load_task(params.task.dir))
     write_noise(document, args.out)
     print(runs_table(document))
     print(f"wrote {args.out}")
+    if warning := instability(document):
+        print(f"slmops noise: warning: {warning}", file=sys.stderr)
     return 0
 
 

@@ -494,6 +494,19 @@ def test_noise_is_measured_between_runs_of_the_same_params(seeds):
     assert f"RMS difference between two runs: exact match {expected**0.5 * 100:.1f} pt" in result.stdout
 
 
+def test_noise_warns_when_a_run_failed_to_learn_rather_than_varied(seeds, task):
+    result = slmops(seeds, "noise", "HEAD~3", "HEAD~2")
+    assert result.returncode == 0 and "warning" not in result.stderr  # 92.3% and 91.7%: within UNSTABLE
+    collapsed = {"quantized": flipped(committed_answers(), 150, 0, task), "teacher": committed_answers("teacher")}
+    commit_seed(seeds, 3, collapsed, task)
+    result = slmops(seeds, "noise", "HEAD~1", "HEAD")
+    assert result.returncode == 0 and (seeds / "reports/noise.json").is_file()
+    assert "slmops noise: warning: runs of the same params differ by 52.0 pt of exact match (RMS; HEAD~1 94.3% " in (
+        result.stderr
+    )
+    assert "HEAD 42.3%): a run that failed to learn the task is a failure of the recipe, not noise" in result.stderr
+
+
 @pytest.mark.parametrize(
     "revs, message",
     [

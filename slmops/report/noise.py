@@ -20,6 +20,7 @@ from slmops.report.compare import changed_params, read_predictions, read_revisio
 from slmops.report.paired import TrainingNoise, measure_noise, shares_of
 
 NOISE_FILE = "reports/noise.json"
+UNSTABLE = 0.05  # exact match: two runs of a stable recipe land within a few points (300 records: SE ~1.7 pt)
 FREE = ("seed", "gates.")  # what runs of one recipe may differ in: the seed, and gates (read by no stage)
 
 
@@ -67,6 +68,25 @@ def measure_runs(revs: list[str], task, repo: str | Path = ".") -> dict:
         "mean_square_difference": noise.mean_square_difference,
         "rms_difference": {name: noise.rms(name) for name in noise.mean_square_difference},
     }
+
+
+def instability(document: dict) -> str | None:
+    """A warning when runs differ so much that the recipe, not noise, is the matter: RMS exact-match difference above
+    UNSTABLE. Names the pair furthest apart. None when the runs agree within it."""
+    rms = document["rms_difference"].get("exact_match")
+    if rms is None or rms <= UNSTABLE:
+        return None
+    runs = document["runs"]
+    far = max(
+        ((a, b) for i, a in enumerate(runs) for b in runs[i + 1 :]),
+        key=lambda pair: abs(pair[0]["figures"]["exact_match"] - pair[1]["figures"]["exact_match"]),
+    )
+    a, b = (run["figures"]["exact_match"] for run in far)
+    return (
+        f"runs of the same params differ by {rms * 100:.1f} pt of exact match (RMS; {far[0]['rev']} {a:.1%} against "
+        f"{far[1]['rev']} {b:.1%}): a run that failed to learn the task is a failure of the recipe, not noise, and "
+        f"with this file `slmops report` would let almost any regression pass"
+    )
 
 
 def read_noise(text: str | None, where: str) -> TrainingNoise | None:
