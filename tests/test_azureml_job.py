@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import ROOT
-from test_pipeline_e2e import small_params, stages_ran
+from test_pipeline_e2e import make_small, stages_ran
 
 from slmops import azureml
 
@@ -26,17 +26,7 @@ def snapshot(dest: Path, azurite: str) -> Path:
     dest.mkdir()
     archive = subprocess.run(["git", "archive", "HEAD"], cwd=ROOT, capture_output=True, check=True).stdout
     subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
-    small = dest / "data/small"
-    small.mkdir()
-    for src, dst, n in (
-        ("seed/labelled.jsonl", "labelled.jsonl", 150),
-        ("prompts/unlabelled.jsonl", "prompts.jsonl", 150),
-        ("eval/eval.jsonl", "eval.jsonl", 40),
-    ):
-        lines = (ROOT / "data" / src).read_text().splitlines(keepends=True)[:n]
-        (small / dst).write_text("".join(lines))
-    params = small_params(yaml.safe_load((dest / "params.yaml").read_text()))
-    (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    make_small(dest)
     run(["dvc", "remote", "add", "-d", "blob", "azure://dvc/store"], dest)
     run(["dvc", "remote", "modify", "--local", "blob", "connection_string", azurite], dest)
     return dest

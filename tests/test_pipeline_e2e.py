@@ -56,6 +56,22 @@ def small_params(params):
     return params
 
 
+def make_small(project: Path) -> None:
+    """The first rows of the default's data in `project`/data/small, and params.yaml switched to them and to
+    small_params."""
+    small = project / "data/small"
+    small.mkdir()
+    for src, dst, n in (
+        ("seed/labelled.jsonl", "labelled.jsonl", 150),
+        ("prompts/unlabelled.jsonl", "prompts.jsonl", 150),
+        ("eval/eval.jsonl", "eval.jsonl", 40),
+    ):
+        lines = (ROOT / "data" / src).read_text().splitlines(keepends=True)[:n]
+        (small / dst).write_text("".join(lines))
+    params = small_params(yaml.safe_load((project / "params.yaml").read_text()))
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory):
     """The project's files (as git sees them) in a new git repository, with a small params override."""
@@ -71,17 +87,7 @@ def repo(tmp_path_factory):
         if (ROOT / name).is_file() and not name.startswith("reports/"):  # a project that has never run
             (repo / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(ROOT / name, repo / name)
-    small = repo / "data/small"
-    small.mkdir()
-    for src, dst, n in (
-        ("seed/labelled.jsonl", "labelled.jsonl", 150),
-        ("prompts/unlabelled.jsonl", "prompts.jsonl", 150),
-        ("eval/eval.jsonl", "eval.jsonl", 40),
-    ):
-        lines = (ROOT / "data" / src).read_text().splitlines(keepends=True)[:n]
-        (small / dst).write_text("".join(lines))
-    params = small_params(yaml.safe_load((repo / "params.yaml").read_text()))
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    make_small(repo)
     for cmd in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "small pipeline"]):
         run(cmd, repo)
     run(["dvc", "repro"], repo)
