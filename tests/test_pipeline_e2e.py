@@ -114,7 +114,7 @@ def without_timing(metrics):
     return {k: v for k, v in metrics.items() if k not in ("timing", "export_seconds")}
 
 
-SPEED = ("latency", "ttft", "decode", "peak_rss", "requests", "memory_saved")
+SPEED = ("latency", "ttft", "decode", "peak_rss", "runtime_rss", "requests", "memory_saved")
 
 
 def accuracy_only(metrics):
