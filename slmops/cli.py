@@ -208,6 +208,8 @@ def cmd_noise(args) -> int:
     from slmops.core.task import load_task
     from slmops.report.noise import instability, measure_runs, runs_table, write_noise
 
+    if not Path(args.params).is_file():
+        raise InputError(f"{args.params}: not found (give the project's params with --params)")
     params = parse_params(Path(args.params).read_text(), args.params, check_paths=False)  # only task.dir is read
     document = measure_runs(args.revs, load_task(params.task.dir))
     write_noise(document, args.out)

@@ -513,6 +513,7 @@ def test_noise_warns_when_a_run_failed_to_learn_rather_than_varied(seeds, task):
         (["HEAD"], "give at least two different runs"),
         (["HEAD", "HEAD"], "give at least two different runs"),
         (["HEAD", "nope"], "unknown git revision 'nope'"),
+        (["HEAD~1", "HEAD", "--params", "nope.yaml"], "nope.yaml: not found"),
     ],
 )
 def test_noise_refuses_too_few_runs_and_unknown_revisions(seeds, revs, message):

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from statistics import NormalDist
 
 import numpy as np
 
@@ -230,17 +231,11 @@ def pair(
 def _widened(low: float, high: float, change: float, extra_variance: float, alpha: float) -> tuple[float, float]:
     """A bootstrap interval of `change` widened by training noise: each half-width h becomes sqrt(h² + z² v), z the
     normal quantile of the interval's level, v the extra variance."""
-    z2 = _normal_quantile(1 - alpha / 2) ** 2
+    z2 = NormalDist().inv_cdf(1 - alpha / 2) ** 2
     return (
         change - math.sqrt((change - low) ** 2 + z2 * extra_variance),
         change + math.sqrt((high - change) ** 2 + z2 * extra_variance),
     )
-
-
-def _normal_quantile(q: float) -> float:
-    from statistics import NormalDist
-
-    return NormalDist().inv_cdf(q)
 
 
 def _interval(values: np.ndarray, alpha: float) -> tuple[float, float]:
