@@ -7,8 +7,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from conftest import ROOT
 from test_pipeline_e2e import stages_ran
+
+pytestmark = pytest.mark.slow  # Azurite and DVC runs per test: left out of `make test-fast`
 
 BIN = Path(sys.executable).parent
 DVC_YAML = """\

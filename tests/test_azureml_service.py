@@ -12,6 +12,8 @@ from fake_azureml import FakeAzureML, FakeCredential, route_datastores_to_azurit
 
 from slmops import azureml, cli
 
+pytestmark = pytest.mark.slow  # Azurite and a fake workspace per test: left out of `make test-fast`
+
 SECRETS = {
     "TEACHER_API_KEY": "sk-never-in-the-job-6f1d2c",
     "AZURE_STORAGE_CONNECTION_STRING": "DefaultEndpointsProtocol=https;AccountKey=never-in-the-job-93ab",
