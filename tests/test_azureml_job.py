@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import ROOT
+from test_azureml_job_script import blobs
 from test_pipeline_e2e import make_small, stages_ran
 
 from slmops import azureml
@@ -37,13 +38,6 @@ def run(cmd, cwd):
     result = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=env)
     assert result.returncode == 0, f"{cmd}: {result.returncode}\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
     return result
-
-
-def blobs(azurite: str) -> set[str]:
-    from azure.storage.blob import BlobServiceClient
-
-    container = BlobServiceClient.from_connection_string(azurite).get_container_client("dvc")
-    return {blob.name for blob in container.list_blobs()}
 
 
 def test_the_job_script_pulls_reproduces_pushes_and_fills_the_results_output(azurite, tmp_path):
