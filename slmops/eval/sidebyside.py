@@ -81,3 +81,9 @@ def round_ratios(speed: dict, key: str) -> list[float]:
     if not pairs or any(b is None or h is None or b == 0 for b, h in pairs):
         return []
     return [h / b for b, h in pairs]
+
+
+def rounds_disagree(ratios: list[float] | tuple[float, ...]) -> bool:
+    """True when per-round head ÷ base ratios fall on both sides of 1 (one round faster, another slower): the change
+    is within the machine's round-to-round noise. False without ratios."""
+    return bool(ratios) and min(ratios) <= 1 <= max(ratios)

@@ -19,7 +19,7 @@ import numpy as np
 from slmops.core.errors import InputError
 from slmops.core.files import parse_json_object
 from slmops.core.metrics import BY_KEY, COMPARED, SPEED_KEYS, Metric
-from slmops.eval.sidebyside import round_ratios
+from slmops.eval.sidebyside import round_ratios, rounds_disagree
 from slmops.report.paired import (
     DEFAULT_SIGNIFICANCE,
     RESAMPLES,
@@ -60,7 +60,7 @@ class Row:
     def rounds_disagree(self) -> bool:
         """Same-run speed whose rounds do not agree on the direction (one round faster, another slower): the
         change is within the machine's round-to-round noise."""
-        return bool(self.round_ratios) and min(self.round_ratios) <= 1 <= max(self.round_ratios)
+        return rounds_disagree(self.round_ratios)
 
     @property
     def change(self) -> float | None:
@@ -432,7 +432,7 @@ def _speed_section(speed: dict | None, hardware: tuple[dict | None, dict | None]
             ratio = f"×{h / b:.2f}" if b else "—"
             rounds = round_ratios(speed, key)
             spread = " ".join(f"×{r:.2f}" for r in rounds)
-            noise = "≈ within noise" if rounds and min(rounds) <= 1 <= max(rounds) else ""
+            noise = "≈ within noise" if rounds_disagree(rounds) else ""
             lines.append(
                 f"| {metric.label} | {metric.fmt.format(b)} | {metric.fmt.format(h)} | {ratio} | {spread} | {noise} |"
             )
