@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from slmops.core.params import parse_params
-from slmops.core.task import load_task, render_answer
+from slmops.core.task import answer_key_pieces, load_task, render_answer
 from slmops.models.hf import build_llama, train_chat_tokenizer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -65,7 +65,8 @@ def labelled():
 @pytest.fixture(scope="session")
 def tokenizer(labelled):
     rows = labelled[:200]
-    return train_chat_tokenizer([r["message"] for r in rows] + [render_answer(r["label"]) for r in rows], 400)
+    texts = [r["message"] for r in rows] + [render_answer(r["label"]) for r in rows]
+    return train_chat_tokenizer(texts, 400, answer_key_pieces([r["label"] for r in rows]))
 
 
 @pytest.fixture()

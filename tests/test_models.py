@@ -10,6 +10,7 @@ from slmops.models.hf import (
     load_model_and_tokenizer,
     resolve_model,
     tokenizer_fingerprint,
+    train_chat_tokenizer,
 )
 
 
@@ -24,6 +25,33 @@ def test_tokenizer_spells_an_id_number_as_one_token_everywhere(tokenizer):
     assert tokenizer.decode(tokenizer("order ORD-07 and 12345")["input_ids"]) == "order ORD-07 and 12345"
 
 
+def tokens(tokenizer, text: str) -> list[str]:
+    return [tokenizer.decode([i]) for i in tokenizer(text, add_special_tokens=False)["input_ids"]]
+
+
+def test_tokenizer_spells_a_word_as_the_same_token_in_the_message_and_in_the_answer(tokenizer):
+    message = "".join(f"|{t}" for t in tokens(tokenizer, "my charger from order ORD-12 will not charge"))
+    answer = "".join(f"|{t}" for t in tokens(tokenizer, '{"product": "charger", "order_id": "ORD-12"}'))
+    word = "".join(f"|{t}" for t in tokens(tokenizer, "charger"))
+    assert f"| {word}| " in message and f"{word}|" in answer  # the same tokens, the space one of its own
+    assert tokenizer.decode(tokenizer("my  charger,\tthe\nphone case")["input_ids"]) == "my  charger,\tthe\nphone case"
+
+
+def test_tokenizer_spells_each_answer_key_with_its_punctuation_as_one_token(tokenizer):
+    answer = '{"intent": "refund_request", "order_id": null, "product": "monitor", "urgency": "high"}'
+    pieces = tokens(tokenizer, answer)
+    assert pieces[0] == '{"intent": "'
+    assert '", "order_id": ' in pieces and ', "product": "' in pieces and '", "urgency": "' in pieces
+    assert pieces[-1] == '"}'
+    assert tokenizer.decode(tokenizer(answer)["input_ids"]) == answer
+
+
+def test_a_vocabulary_too_small_for_its_fixed_tokens_names_the_key(labelled):
+    pieces = [f', "field_{i}": ' for i in range(60)]
+    with pytest.raises(InputError, match=r"teacher.bootstrap.vocab_size\) 400 leaves 240 tokens .* 60 answer-key"):
+        train_chat_tokenizer([r["message"] for r in labelled[:20]], 400, pieces)
+
+
 def test_chat_template_and_end_token(tokenizer, task):
     prompt = tokenizer.apply_chat_template(
         task.messages("where is my order"), add_generation_prompt=True, tokenize=False
@@ -35,7 +63,7 @@ def test_chat_template_and_end_token(tokenizer, task):
 def test_fingerprint_tells_tokenizers_apart(tokenizer, labelled):
     from slmops.models.hf import train_chat_tokenizer
 
-    other = train_chat_tokenizer([r["message"] for r in labelled[200:300]], 350)
+    other = train_chat_tokenizer([r["message"] for r in labelled[200:300]], 400)
     assert tokenizer_fingerprint(tokenizer) == tokenizer_fingerprint(tokenizer)
     assert tokenizer_fingerprint(tokenizer) != tokenizer_fingerprint(other)
 

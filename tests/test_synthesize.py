@@ -166,7 +166,7 @@ def test_kd_needs_logprobs_and_a_shared_tokenizer(tokenizer, labelled):
     assert use_logit_kd(kd.model_copy(update={"alpha": 1.0}), meta, tokenizer) is False
     with pytest.raises(InputError, match="synthesize.logprobs_top_k is 0"):
         use_logit_kd(kd, {**meta, "logprobs_top_k": 0}, tokenizer)
-    other = train_chat_tokenizer([r["message"] for r in labelled[:50]], 320)
+    other = train_chat_tokenizer([r["message"] for r in labelled[:50]], 400)
     with pytest.raises(InputError, match="student and teacher tokenizers differ"):
         use_logit_kd(kd, meta, other)
     assert use_logit_kd(kd.model_copy(update={"on_tokenizer_mismatch": "ce_only"}), meta, other) is False

@@ -6,7 +6,7 @@ from conftest import ROOT
 
 from slmops.core.answers import parse_answer
 from slmops.core.errors import InputError
-from slmops.core.task import load_task, read_labelled, render_answer, score
+from slmops.core.task import answer_key_pieces, load_task, read_labelled, render_answer, score
 
 GOLD = {
     "intent": "refund_request",
@@ -105,3 +105,13 @@ def test_meetings_data_is_what_its_script_writes_and_fits_the_schema(tmp_path):
     meetings = load_task(MEETINGS)
     assert len(read_labelled(MEETINGS / "labelled.jsonl", meetings)) == 150
     assert len(read_labelled(MEETINGS / "eval.jsonl", meetings)) == 40
+
+
+def test_answer_key_pieces_are_the_fixed_text_between_values_as_rendered():
+    labels = [{"intent": "a", "order_id": None, "n": 3}, {"intent": "b", "order_id": "ORD-1", "n": 4}]
+    pieces = answer_key_pieces(labels)
+    assert pieces[:2] == ['{"intent": "', '{"intent": '] and pieces[-1] == '"}'
+    assert len(pieces) == 2 + 4 + 4 + 1  # the first key after "{", the others after a string or another value
+    for label, between in zip(labels, [['", "order_id": ', ', "n": '], ['", "order_id": "', '", "n": ']]):
+        rendered = render_answer(label)
+        assert all(piece in pieces and piece in rendered for piece in between)

@@ -135,8 +135,8 @@ class Data(Section):
 class Bootstrap(Section):
     vocab_size: int = Field(
         ge=400,
-        description="Tokenizer vocabulary: 100 digit-pair tokens plus byte-level BPE "
-        "(must differ from every layer width).",
+        description="Tokenizer vocabulary in all: 100 digit-pair tokens, one token per answer key "
+        "with its JSON punctuation, and byte-level BPE (must differ from every layer width).",
     )
     augment_copies: int = Field(
         ge=0,

@@ -61,6 +61,20 @@ def render_answer(label: dict) -> str:
     return json.dumps(label, ensure_ascii=False)
 
 
+def answer_key_pieces(labels: list[dict]) -> list[str]:
+    """The fixed text between an answer's values, one piece per key and what precedes it, as render_answer writes
+    it: '{"intent": "', '", "order_id": ', ', "product": "', ..., and '"}' (for a model's tokenizer: one token each).
+    """
+    pieces = {}
+    for label in labels:
+        for i, key in enumerate(label):
+            for before in ["{"] if i == 0 else ['", ', ", "]:
+                for after in (' "', " "):
+                    pieces[before + json.dumps(key, ensure_ascii=False) + ":" + after] = None
+    pieces['"}'] = None
+    return list(pieces)
+
+
 def schema_error(task: Task, value) -> str | None:
     """The first way `value` breaks the answer schema, as 'path: message'; None when it conforms."""
     errors = sorted(jsonschema.Draft202012Validator(task.schema).iter_errors(value), key=lambda e: list(e.path))

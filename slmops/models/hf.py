@@ -6,7 +6,7 @@ import hashlib
 from pathlib import Path
 
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from slmops.core.config import LlamaShape
@@ -24,30 +24,49 @@ DIGIT_PAIRS = [f"{n:02d}" for n in range(100)]
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".gguf", ".onnx", ".data")
 
 
-def train_chat_tokenizer(texts: list[str], vocab_size: int) -> PreTrainedTokenizerFast:
-    """Byte-level BPE with a chat template, made for copying ids such as ORD-48.
+def train_chat_tokenizer(texts: list[str], vocab_size: int, pieces: list[str] = ()) -> PreTrainedTokenizerFast:
+    """Byte-level BPE of `vocab_size` tokens in all with a chat template, made so that a small model copies
+    values from the message into its answer by copying tokens.
 
-    Every pair of digits is one token (ORD-48 -> ORD - 48; 12345 -> 12 34 5), so an id's number
-    is the same single token in the message and in the answer: a small model learns to copy it
-    by attending to the token after "ORD-" within about 1,500 steps, where copying a number spelled
-    in two or more tokens took it far longer.
+    - A word is the same token in the message and in the answer: the space before a word is a token of its own
+      (" charger" in "my charger" would otherwise be another token than "charger" in `"product": "charger"`,
+      and a small model must then learn that pair for every value instead of one copying rule).
+    - Every pair of digits is one token (ORD-48 -> ORD - 48; 12345 -> 12 34 5), so an id's number is one token
+      on both sides too.
+    - `pieces` (e.g. slmops.core.task.answer_key_pieces) are single tokens, so that an answer's fixed JSON
+      between its values costs one token per key instead of four.
+
+    Without the first two, measured on the default task: seed 1's teacher confused single-token products
+    (exact match 68%); with them and the key pieces, 93.7-95.7% on seeds 42 and 1, product field 100%.
+    InputError when `vocab_size` leaves byte-level BPE fewer tokens than its 256-byte alphabet plus the special
+    tokens.
     """
+    pieces = [p for p in dict.fromkeys(pieces) if p not in DIGIT_PAIRS]
+    bpe_size = vocab_size - len(DIGIT_PAIRS) - len(pieces)
+    least = len(pre_tokenizers.ByteLevel.alphabet()) + len(SPECIAL_TOKENS)
+    if bpe_size < least:
+        raise InputError(
+            f"vocab_size (teacher.bootstrap.vocab_size) {vocab_size} leaves {bpe_size} tokens for byte-level BPE after {len(DIGIT_PAIRS)} digit "
+            f"pairs and {len(pieces)} answer-key tokens; it needs at least {least} (256 bytes and "
+            f"{len(SPECIAL_TOKENS)} special tokens): raise it to {vocab_size + least - bpe_size} or more"
+        )
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.Sequence(
         [
+            pre_tokenizers.Split(Regex(r"\s(?=\p{L})"), behavior="isolated"),
             pre_tokenizers.Digits(individual_digits=True),
             pre_tokenizers.ByteLevel(add_prefix_space=False),
         ]
     )
     bpe.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size - len(DIGIT_PAIRS),
+        vocab_size=bpe_size,
         special_tokens=SPECIAL_TOKENS,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
     bpe.train_from_iterator(texts, trainer=trainer)
-    bpe.add_tokens(DIGIT_PAIRS)  # matched before BPE
+    bpe.add_tokens(DIGIT_PAIRS + pieces)  # matched before BPE, longest first
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=bpe, pad_token="<|pad|>", eos_token="<|end|>", bos_token=None, unk_token=None
     )

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from slmops.core.config import Bootstrap
-from slmops.core.task import Task, render_answer
+from slmops.core.task import Task, answer_key_pieces, render_answer
 from slmops.models.hf import build_llama, count_parameters, hash_weights, train_chat_tokenizer
 from slmops.teacher.local import IDENTITY_FILE
 from slmops.train.data import sft_examples
@@ -19,7 +19,7 @@ def bootstrap(task: Task, rows: list[dict], params: Bootstrap, seed: int, out_di
     """Train a tokenizer and a small Llama (params.config) on labelled rows; save both and teacher.json to
     `out_dir`. Returns the identity plus the training figures."""
     texts = [r["message"] for r in rows] + [render_answer(r["label"]) for r in rows]
-    tokenizer = train_chat_tokenizer(texts, params.vocab_size)
+    tokenizer = train_chat_tokenizer(texts, params.vocab_size, answer_key_pieces([r["label"] for r in rows]))
     torch.manual_seed(seed)
     model = build_llama(params.config, tokenizer)
     stats = train(model, tokenizer, sft_examples(task, tokenizer, rows), params.train, seed, live_dir)
