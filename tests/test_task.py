@@ -112,6 +112,6 @@ def test_answer_key_pieces_are_the_fixed_text_between_values_as_rendered():
     pieces = answer_key_pieces(labels)
     assert pieces[:2] == ['{"intent": "', '{"intent": '] and pieces[-1] == '"}'
     assert len(pieces) == 2 + 4 + 4 + 1  # the first key after "{", the others after a string or another value
-    for label, between in zip(labels, [['", "order_id": ', ', "n": '], ['", "order_id": "', '", "n": ']]):
+    for label, between in zip(labels, [['", "order_id": ', ', "n": '], ['", "order_id": "', '", "n": ']], strict=True):
         rendered = render_answer(label)
         assert all(piece in pieces and piece in rendered for piece in between)

@@ -46,8 +46,9 @@ def train_chat_tokenizer(texts: list[str], vocab_size: int, pieces: list[str] = 
     least = len(pre_tokenizers.ByteLevel.alphabet()) + len(SPECIAL_TOKENS)
     if bpe_size < least:
         raise InputError(
-            f"vocab_size (teacher.bootstrap.vocab_size) {vocab_size} leaves {bpe_size} tokens for byte-level BPE after {len(DIGIT_PAIRS)} digit "
-            f"pairs and {len(pieces)} answer-key tokens; it needs at least {least} (256 bytes and "
+            f"vocab_size (teacher.bootstrap.vocab_size) {vocab_size} leaves {bpe_size} tokens for byte-level BPE "
+            f"after {len(DIGIT_PAIRS)} digit pairs and {len(pieces)} answer-key tokens; it needs at least {least} "
+            f"(256 bytes and "
             f"{len(SPECIAL_TOKENS)} special tokens): raise it to {vocab_size + least - bpe_size} or more"
         )
     bpe = Tokenizer(models.BPE())
