@@ -52,6 +52,17 @@ def test_a_vocabulary_too_small_for_its_fixed_tokens_names_the_key(labelled):
         train_chat_tokenizer([r["message"] for r in labelled[:20]], 400, pieces)
 
 
+def test_digit_pair_tokens_start_from_one_shared_embedding(tiny_model, tokenizer):
+    def mean_cosine(ids):
+        rows = torch.nn.functional.normalize(tiny_model.get_input_embeddings().weight.detach()[ids], dim=1)
+        similarity = rows @ rows.T
+        return float((similarity.sum() - similarity.diagonal().sum()) / (len(ids) * (len(ids) - 1)))
+
+    digits = tokenizer.convert_tokens_to_ids([f"{n:02d}" for n in range(100)])
+    others = [i for i in range(len(tokenizer)) if i not in digits][:100]
+    assert mean_cosine(digits) > 0.35 and abs(mean_cosine(others)) < 0.05
+
+
 def test_chat_template_and_end_token(tokenizer, task):
     prompt = tokenizer.apply_chat_template(
         task.messages("where is my order"), add_generation_prompt=True, tokenize=False
