@@ -3,6 +3,7 @@ import torch
 from conftest import TINY_LLAMA, default
 
 from slmops.core.errors import InputError
+from slmops.core.task import render_answer
 from slmops.models.hf import (
     build_llama,
     count_parameters,
@@ -35,6 +36,21 @@ def test_tokenizer_spells_a_word_as_the_same_token_in_the_message_and_in_the_ans
     word = "".join(f"|{t}" for t in tokens(tokenizer, "charger"))
     assert f"| {word}| " in message and f"{word}|" in answer  # the same tokens, the space one of its own
     assert tokenizer.decode(tokenizer("my  charger,\tthe\nphone case")["input_ids"]) == "my  charger,\tthe\nphone case"
+
+
+def test_saved_tokenizer_gives_the_ids_of_the_split_it_was_trained_with(tokenizer, labelled):
+    """onnxruntime-genai cannot read the lookahead split, so it is not saved; without it the ids must not change."""
+    from tokenizers import Regex, Tokenizer, pre_tokenizers
+
+    assert "(?=" not in tokenizer.backend_tokenizer.to_str()
+    trained = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
+    trained.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Split(Regex(r"\s(?=\p{L})"), behavior="isolated"), trained.pre_tokenizer]
+    )
+    texts = [r["message"] for r in labelled] + [render_answer(r["label"]) for r in labelled]
+    assert [e.ids for e in trained.encode_batch(texts)] == [
+        e.ids for e in tokenizer.backend_tokenizer.encode_batch(texts)
+    ]
 
 
 def test_tokenizer_spells_each_answer_key_with_its_punctuation_as_one_token(tokenizer):

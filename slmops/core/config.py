@@ -38,6 +38,10 @@ class Train(Section):
     learning_rate: float = Field(gt=0, le=1, description="Peak learning rate (cosine schedule).")
     weight_decay: float = Field(ge=0, description="AdamW weight decay.")
     warmup_ratio: float = Field(ge=0, lt=1, description="Fraction of steps spent warming the learning rate up.")
+    group_by_length: bool = Field(
+        description="Batch examples of similar length (the Trainer's 'group_by_length' sampling): less padding "
+        "to compute, batches still drawn at random."
+    )
 
 
 class LlamaShape(Section):

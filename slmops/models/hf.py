@@ -51,13 +51,10 @@ def train_chat_tokenizer(texts: list[str], vocab_size: int, pieces: list[str] = 
             f"(256 bytes and "
             f"{len(SPECIAL_TOKENS)} special tokens): raise it to {vocab_size + least - bpe_size} or more"
         )
+    saved = [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)]
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.Sequence(
-        [
-            pre_tokenizers.Split(Regex(r"\s(?=\p{L})"), behavior="isolated"),
-            pre_tokenizers.Digits(individual_digits=True),
-            pre_tokenizers.ByteLevel(add_prefix_space=False),
-        ]
+        [pre_tokenizers.Split(Regex(r"\s(?=\p{L})"), behavior="isolated"), *saved]
     )
     bpe.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
@@ -67,6 +64,9 @@ def train_chat_tokenizer(texts: list[str], vocab_size: int, pieces: list[str] = 
         show_progress=False,
     )
     bpe.train_from_iterator(texts, trainer=trainer)
+    # The split only shapes the merges: none joins a space to a letter, so the tokenizer gives the same ids
+    # without it, and onnxruntime-genai's tokenizer, which has no lookahead regex, can read the saved one.
+    bpe.pre_tokenizer = pre_tokenizers.Sequence(saved)
     bpe.add_tokens(DIGIT_PAIRS + pieces)  # matched before BPE, longest first
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=bpe, pad_token="<|pad|>", eos_token="<|end|>", bos_token=None, unk_token=None

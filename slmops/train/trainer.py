@@ -192,6 +192,7 @@ def train(
             weight_decay=config.weight_decay,
             warmup_steps=config.warmup_ratio,  # transformers 5 reads a value below 1 as a fraction of all steps
             lr_scheduler_type="cosine",
+            train_sampling_strategy="group_by_length" if config.group_by_length else "random",
             logging_steps=LOGGING_STEPS,
             save_strategy="steps" if saving else "no",
             save_steps=checkpoint_steps if saving else 500,
