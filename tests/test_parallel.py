@@ -112,7 +112,14 @@ def copy_project(folder):
     shutil.copytree(ROOT / "data", folder / "data", ignore=shutil.ignore_patterns("synthetic"))
 
 
-SMALL_TRAIN = {"epochs": 3, "batch_size": 8, "learning_rate": 0.01, "weight_decay": 0.0, "warmup_ratio": 0.0, "group_by_length": False}
+SMALL_TRAIN = {
+    "epochs": 3,
+    "batch_size": 8,
+    "learning_rate": 0.01,
+    "weight_decay": 0.0,
+    "warmup_ratio": 0.0,
+    "group_by_length": False,
+}
 
 
 def finetune_project(folder, tiny_hf_dir, labelled, processes, checkpoint_steps=0):
