@@ -159,9 +159,10 @@ AZURITE = ROOT / "tools/azurite/node_modules/.bin/azurite-blob"
 AZURITE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
 
 
-@pytest.fixture()
-def azurite(tmp_path):
-    """An Azure Blob service (Azurite) on 127.0.0.1 with an empty container `dvc`; yields its connection string."""
+@pytest.fixture(scope="session")
+def azurite_server(tmp_path_factory):
+    """One Azure Blob service (Azurite) on 127.0.0.1 for the test run (it takes seconds to start); yields its
+    connection string. Tests take it through `azurite`, which empties it first."""
     import socket
     import subprocess
     import time
@@ -180,7 +181,7 @@ def azurite(tmp_path):
             "--blobPort",
             str(port),
             "--location",
-            str(tmp_path / "azurite"),
+            str(tmp_path_factory.mktemp("azurite")),
             "--skipApiVersionCheck",
             "--loose",
             "--silent",
@@ -194,10 +195,10 @@ def azurite(tmp_path):
         f"BlobEndpoint=http://127.0.0.1:{port}/devstoreaccount1;"
     )
     try:
-        deadline = time.time() + 30
+        deadline = time.time() + 60
         while True:
             try:
-                BlobServiceClient.from_connection_string(connection).create_container("dvc")
+                BlobServiceClient.from_connection_string(connection).get_service_properties()
                 break
             except Exception:
                 if time.time() > deadline or server.poll() is not None:
@@ -211,6 +212,39 @@ def azurite(tmp_path):
         except subprocess.TimeoutExpired:
             server.kill()
             server.wait()
+
+
+JOB_CONTAINER = "job"  # the DVC remote of job_run, kept for the whole test run (`azurite` leaves it alone)
+
+
+@pytest.fixture()
+def azurite(azurite_server):
+    """The Azure Blob service (Azurite) as a new one: every container an earlier test left deleted (but job_run's),
+    then an empty container `dvc`; yields its connection string."""
+    from azure.storage.blob import BlobServiceClient
+
+    service = BlobServiceClient.from_connection_string(azurite_server)
+    for container in service.list_containers():
+        if container.name != JOB_CONTAINER:
+            service.delete_container(container.name)
+    service.create_container("dvc")
+    assert {c.name for c in service.list_containers()} - {JOB_CONTAINER} == {"dvc"}
+    return azurite_server
+
+
+@pytest.fixture(scope="session")
+def job_run(azurite_server, tmp_path_factory):
+    """scripts/azureml-job.sh run once, on the end-to-end module's small pipeline in a copy of the project without
+    .git, with Azurite's container `job` as the DVC remote: (snapshot folder, results output folder, the script's
+    CompletedProcess). tests/test_azureml_job.py checks the job; tests/test_pipeline_e2e.py compares its outputs
+    with its own repository's (two runs from nothing on the same seed: the same models and figures)."""
+    from azure.storage.blob import BlobServiceClient
+    from test_azureml_job import run, snapshot
+
+    BlobServiceClient.from_connection_string(azurite_server).create_container(JOB_CONTAINER)
+    root = tmp_path_factory.mktemp("job")
+    first, out = snapshot(root / "first", azurite_server, JOB_CONTAINER), root / "results-1"
+    return first, out, run(["bash", "scripts/azureml-job.sh", str(out)], first)
 
 
 # --- answers of the committed run, and a copy with chosen records flipped (slmops report's paired tests) ----

@@ -1,5 +1,6 @@
-"""scripts/azureml-job.sh, the Azure ML side, run for real: in a `git archive HEAD` copy of the project (no .git,
-as the job's code snapshot), on a small params override, with Azurite as the DVC remote."""
+"""scripts/azureml-job.sh, the Azure ML side, run for real: in a copy of the project without .git (as the job's
+code snapshot), on a small params override, with Azurite as the DVC remote. The first job is conftest's job_run
+(shared with tests/test_pipeline_e2e.py, which compares its outputs with its own run's)."""
 
 import filecmp
 import json
@@ -11,9 +12,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import ROOT
+from conftest import JOB_CONTAINER
 from test_azureml_job_script import blobs
-from test_pipeline_e2e import make_small, stages_ran
+from test_pipeline_e2e import small_project, stages_ran
 
 from slmops import azureml
 
@@ -21,14 +22,11 @@ pytestmark = pytest.mark.e2e
 BIN = Path(sys.executable).parent
 
 
-def snapshot(dest: Path, azurite: str) -> Path:
-    """HEAD's files without .git, the small params, and the Azurite remote (its key in config.local, as the job's
-    identity would be: never in a committed file)."""
-    dest.mkdir()
-    archive = subprocess.run(["git", "archive", "HEAD"], cwd=ROOT, capture_output=True, check=True).stdout
-    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
-    make_small(dest)
-    run(["dvc", "remote", "add", "-d", "blob", "azure://dvc/store"], dest)
+def snapshot(dest: Path, azurite: str, container: str) -> Path:
+    """The project's files without .git, the small params, and the Azurite remote in `container` (its key in
+    config.local, as the job's identity would be: never in a committed file)."""
+    small_project(dest)
+    run(["dvc", "remote", "add", "-d", "blob", f"azure://{container}/store"], dest)
     run(["dvc", "remote", "modify", "--local", "blob", "connection_string", azurite], dest)
     return dest
 
@@ -40,11 +38,9 @@ def run(cmd, cwd):
     return result
 
 
-def test_the_job_script_pulls_reproduces_pushes_and_fills_the_results_output(azurite, tmp_path):
-    first = snapshot(tmp_path / "first", azurite)
+def test_the_job_script_pulls_reproduces_pushes_and_fills_the_results_output(job_run, azurite_server, tmp_path):
+    first, out, result = job_run
     assert not (first / ".git").exists()
-    out = tmp_path / "results-1"
-    result = run(["bash", "scripts/azureml-job.sh", str(out)], first)
     assert stages_ran(result) == {"teacher", "synthesize", "distill", "finetune", "quantize", "evaluate", "package"}
     assert (first / ".dvc/config.local").read_text().count("no_scm = true") == 1
 
@@ -59,7 +55,7 @@ def test_the_job_script_pulls_reproduces_pushes_and_fills_the_results_output(azu
         (first / "reports/metrics.json").read_text()
     )
     assert not (out / "models").exists()
-    pushed = blobs(azurite)
+    pushed = blobs(azurite_server, JOB_CONTAINER)
     assert any(name.startswith("store/files/md5/") for name in pushed)
     # No run-cache entry: DVC keeps none for a stage with a `persist: true` output (dvc/stage/cache.py, _can_hash),
     # and every stage here has one; a later job restores through the dvc.lock the author commits, as below.
@@ -67,7 +63,7 @@ def test_the_job_script_pulls_reproduces_pushes_and_fills_the_results_output(azu
 
     # A second job, on a new snapshot holding what the author commits from the first (dvc.lock and the reports):
     # it pulls the models from the remote and reruns nothing.
-    second = snapshot(tmp_path / "second", azurite)
+    second = snapshot(tmp_path / "second", azurite_server, JOB_CONTAINER)
     shutil.copytree(out, second, dirs_exist_ok=True)
     out2 = tmp_path / "results-2"
     again = run(["bash", "scripts/azureml-job.sh", str(out2)], second)

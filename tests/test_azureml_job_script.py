@@ -58,11 +58,11 @@ def snapshot(dest: Path, azurite: str) -> Path:
     return dest
 
 
-def blobs(azurite: str) -> set[str]:
+def blobs(azurite: str, container: str = "dvc") -> set[str]:
     from azure.storage.blob import BlobServiceClient
 
-    container = BlobServiceClient.from_connection_string(azurite).get_container_client("dvc")
-    return {blob.name for blob in container.list_blobs()}
+    client = BlobServiceClient.from_connection_string(azurite).get_container_client(container)
+    return {blob.name for blob in client.list_blobs()}
 
 
 def test_the_job_script_without_git_pulls_reproduces_pushes_and_fills_the_output(azurite, tmp_path):

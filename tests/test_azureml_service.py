@@ -12,7 +12,7 @@ from fake_azureml import FakeAzureML, FakeCredential, route_datastores_to_azurit
 
 from slmops import azureml, cli
 
-pytestmark = pytest.mark.slow  # Azurite and a fake workspace per test: left out of `make test-fast`
+pytestmark = pytest.mark.slow  # Azurite (one per run) and a fake workspace per test: left out of `make test-fast`
 
 SECRETS = {
     "TEACHER_API_KEY": "sk-never-in-the-job-6f1d2c",

@@ -6,15 +6,22 @@ per process):
   student built on the family's tokenizer (logit KD); finetune; quantize with the builder; evaluate; package and
   verify in Foundry Local.
 - student role: student.model the family's model, distilled on the same teacher's answers (same tokenizer, so
-  logit KD); finetune (LoRA all-linear); quantize with the builder and with Olive, each evaluated, packaged and
-  verified.
+  logit KD); finetune (LoRA all-linear); quantize with the builder, evaluated, packaged and verified; then with
+  Olive, packaged and verified.
+Olive runs in the student role only: there it exports the family's own architecture with the family's tokenizer,
+end tokens and template; the teacher role's student is a Llama, which Olive exports in tests/test_export.py.
 The family's model is first taught the task briefly (a random-weight teacher would answer nothing valid).
+evaluate's speed measurement runs in this process (in_process_measure): the matrix checks that each family's
+models run and answer; the fresh child process the measurement uses is tested in tests/test_evaluate.py.
 """
 
+import contextlib
 import importlib
+import io
 import json
 import os
 import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -23,6 +30,8 @@ import yaml
 from conftest import ROOT, run_stage
 from families import FAMILIES, SPECS, build
 from transformers import AutoConfig, AutoTokenizer, GenerationConfig
+
+from slmops.eval import benchmark, evaluate
 
 pytestmark = pytest.mark.slow  # a module-scoped run of every stage per family
 
@@ -209,10 +218,33 @@ def with_engine(root: Path, engine: str) -> None:
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
 
+def in_process_measure(kind, model_dir, chats, warmup, max_new_tokens, execution_provider="cpu") -> dict:
+    """slmops.eval.benchmark.measure without its child process: the child's own code (_child) on the same JSON
+    job, run here (a child would spend seconds importing torch again, four times per evaluate)."""
+    job = {
+        "kind": kind,
+        "model_dir": model_dir,
+        "chats": chats,
+        "warmup": warmup,
+        "max_new_tokens": max_new_tokens,
+        "execution_provider": execution_provider,
+    }
+    out = io.StringIO()
+    with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(out):
+        patch.setattr(sys, "stdin", io.StringIO(json.dumps(job)))
+        benchmark._child()
+    return json.loads(out.getvalue().strip().splitlines()[-1])
+
+
 @pytest.fixture(scope="module", params=FAMILIES)
 def matrix(request, tmp_path_factory):
     """(family, teacher-role Run, student-role Run) for one family: every stage's outcome and seconds."""
-    family = request.param
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(evaluate, "measure", in_process_measure)
+        return run_matrix(request.param, tmp_path_factory)
+
+
+def run_matrix(family: str, tmp_path_factory) -> tuple[str, Run, Run]:
     work = tmp_path_factory.mktemp(f"matrix-{family}")
     model = work / f"{family}-model"
 
@@ -225,9 +257,6 @@ def matrix(request, tmp_path_factory):
     teacher.seconds["teach"] = round(time.perf_counter() - started, 1)
     if teacher.chain(["teacher", "synthesize", "distill", "finetune", "quantize", "evaluate"], "builder"):
         teacher.chain(["package"], "builder")
-        with_engine(teacher.root, "olive")
-        if teacher.chain(["quantize"], "olive"):
-            teacher.chain(["package"], "olive")
 
     def as_student(params):
         as_teacher(params)
@@ -280,9 +309,10 @@ def as_list(ids):
 
 
 ROLE_RUNS = {"teacher": 1, "student": 2}
+EXPORTS = [("teacher", "builder"), ("student", "builder"), ("student", "olive")]  # Olive: the family's architecture
 
 
-@pytest.mark.parametrize("role, engine", [(r, e) for r in ("teacher", "student") for e in ("builder", "olive")])
+@pytest.mark.parametrize("role, engine", EXPORTS)
 def test_export_quantizes_with_the_familys_end_tokens(matrix, role, engine):
     family, run = matrix[0], matrix[ROLE_RUNS[role]]
     keys = [f"quantize ({engine})"] + ([f"evaluate ({engine})"] if engine == "builder" else [])
@@ -296,7 +326,7 @@ def test_export_quantizes_with_the_familys_end_tokens(matrix, role, engine):
         assert len(predictions) == len((run.root / "data/small/eval.jsonl").read_text().splitlines())
 
 
-@pytest.mark.parametrize("role, engine", [(r, e) for r in ("teacher", "student") for e in ("builder", "olive")])
+@pytest.mark.parametrize("role, engine", EXPORTS)
 def test_package_verifies_in_foundry_local(matrix, role, engine):
     family, run = matrix[0], matrix[ROLE_RUNS[role]]
     key = f"package ({engine})"

@@ -72,10 +72,9 @@ def make_small(project: Path) -> None:
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
 
-@pytest.fixture(scope="module")
-def repo(tmp_path_factory):
-    """The project's files (as git sees them) in a new git repository, with a small params override."""
-    repo = tmp_path_factory.mktemp("pipeline")
+def small_project(dest: Path) -> Path:
+    """The project's files as git sees them (the working tree's, less reports/: a project that has never run) in
+    `dest`, with make_small's params; no .git."""
     files = subprocess.run(
         ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
         cwd=ROOT,
@@ -84,10 +83,17 @@ def repo(tmp_path_factory):
         check=True,
     ).stdout.split()
     for name in files:
-        if (ROOT / name).is_file() and not name.startswith("reports/"):  # a project that has never run
-            (repo / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / name, repo / name)
-    make_small(repo)
+        if (ROOT / name).is_file() and not name.startswith("reports/"):
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, dest / name)
+    make_small(dest)
+    return dest
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory):
+    """The project's files (as git sees them) in a new git repository, with a small params override."""
+    repo = small_project(tmp_path_factory.mktemp("pipeline"))
     for cmd in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "small pipeline"]):
         run(cmd, repo)
     run(["dvc", "repro"], repo)
@@ -178,13 +184,15 @@ def model_file_hashes(repo):
     return {f["path"]: f["sha256"] for f in manifest["files"] if f["path"] != "README.md"}
 
 
-def test_same_seed_same_metrics(repo):
+def test_same_seed_same_metrics(repo, job_run):
+    """Two runs from nothing on the same seed and data: this module's `dvc repro` and the Azure ML job script's
+    (tests/test_azureml_job.py) in another folder, on the same files and params."""
+    other = job_run[0]
+    assert (other / "params.yaml").read_text() == (repo / "params.yaml").read_text()
     names = ("teacher", "synthesize", "distill", "finetune", "quantize", "metrics", "package")
     first = {name: read_json(repo / f"reports/{name}.json") for name in names}
-    first_weights = model_file_hashes(repo)
-    run(["dvc", "repro", "--force"], repo)
-    second = {name: read_json(repo / f"reports/{name}.json") for name in first}
-    assert model_file_hashes(repo) == first_weights
+    second = {name: read_json(other / f"reports/{name}.json") for name in first}
+    assert model_file_hashes(other) == model_file_hashes(repo)
     for name in ("synthesize", "quantize"):
         assert without_timing(second.pop(name)) == without_timing(first.pop(name))
     # the model card in the package quotes latencies, so the package's byte count may differ
@@ -453,7 +461,7 @@ def kept_outputs(repo) -> dict[str, bytes]:
 def test_a_change_to_the_logprob_reader_reruns_distill(repo):
     reader = repo / "slmops/train/logprobs.py"
     original = reader.read_text()
-    run(["dvc", "repro"], repo)
+    assert changed_stages(repo) == {}  # up to date, as every test leaves it
     try:
         reader.write_text(original + "# a change to how the teacher's log-probs are read\n")
         changed = changed_stages(repo)
@@ -465,7 +473,7 @@ def test_a_change_to_the_logprob_reader_reruns_distill(repo):
 
 
 def test_a_failed_package_loses_no_previous_output(repo):
-    run(["dvc", "repro"], repo)
+    assert changed_stages(repo) == {}  # up to date, as every test leaves it
     kept, lock = kept_outputs(repo), (repo / "dvc.lock").read_bytes()
     manifest = (repo / "models/foundry/tiny-triage/manifest.json").read_bytes()
     # 255 fits the context (256) alone, so params pass, but not beside the prompt: package's verify refuses it.
@@ -485,7 +493,7 @@ def test_a_failed_package_loses_no_previous_output(repo):
 
 def test_an_interrupted_evaluate_loses_no_previous_output(repo, tmp_path):
     """evaluate is killed once it scores its second variant; with a new limit its outputs would all differ."""
-    run(["dvc", "repro"], repo)
+    assert changed_stages(repo) == {}  # up to date, as every test leaves it
     kept, lock = kept_outputs(repo), (repo / "dvc.lock").read_bytes()
     original = set_params(repo, lambda p: p["evaluate"].update(limit=20))
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "PYTHONPATH": str(repo)}
@@ -521,7 +529,7 @@ def test_switching_params_to_another_task_reruns_every_stage_and_ships_its_model
     """params.yaml alone points the pipeline at a second task (an integer and a list field, another instruction)."""
     second = tmp_path / "second"
     shutil.copytree(repo, second)
-    run(["dvc", "repro"], second)
+    assert changed_stages(second) == {}  # the copy is up to date: what reruns below is the switch
     old_teacher = hash_weights(second / "models/teacher")
 
     def meetings(params):
