@@ -16,7 +16,7 @@ from slmops.core.errors import exits_2_on_input_error
 from slmops.core.files import atomic_dir, write_json
 from slmops.core.params import load_params
 from slmops.core.task import load_task, read_labelled
-from slmops.teacher.augment import swap_stated_values
+from slmops.teacher.augment import stated_fields, swap_stated_values
 from slmops.teacher.bootstrap import bootstrap
 from slmops.teacher.endpoint import Endpoint, probe
 from slmops.teacher.local import IDENTITY_FILE, pin_hf
@@ -24,6 +24,7 @@ from slmops.teacher.local import IDENTITY_FILE, pin_hf
 OUT = Path("models/teacher")
 METRICS = Path("reports/teacher.json")
 LIVE_DIR = Path("reports/train/teacher")
+CHECK_ROWS = 200  # augmented rows, not trained on, that the bootstrap teacher must copy the values of
 
 
 def no_training_curves() -> None:
@@ -48,9 +49,10 @@ def main() -> None:
             no_training_curves()
         else:
             task = load_task(params.task.dir)
-            rows = read_labelled(params.data.labelled, task)
-            rows = swap_stated_values(rows, teacher.bootstrap.augment_copies, params.seed)
-            identity = bootstrap(task, rows, teacher.bootstrap, params.seed, out, LIVE_DIR)
+            labelled = read_labelled(params.data.labelled, task)
+            rows = swap_stated_values(labelled, teacher.bootstrap.augment_copies, params.seed)
+            check = [r for r in swap_stated_values(labelled, 1, params.seed + 1)[len(labelled) :] if stated_fields(r)]
+            identity = bootstrap(task, rows, check[:CHECK_ROWS], teacher.bootstrap, params.seed, out, LIVE_DIR)
     write_json(METRICS, identity)
 
 

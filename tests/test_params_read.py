@@ -85,7 +85,7 @@ def tiny_project(root, edit):
         (small / dst).write_text("".join((ROOT / "data" / src).read_text().splitlines(keepends=True)[:n]))
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["data"] = {k: f"data/small/{k}.jsonl" for k in ("labelled", "prompts", "eval")}
-    params["teacher"]["bootstrap"].update(vocab_size=400, augment_copies=1, config=TINY_TEACHER)
+    params["teacher"]["bootstrap"].update(vocab_size=400, augment_copies=1, restarts=0, config=TINY_TEACHER)
     params["teacher"]["bootstrap"]["train"].update(epochs=10, learning_rate=0.01)
     params["student"]["config"] = {**TINY_TEACHER, "hidden_size": 32, "intermediate_size": 64}
     params["distill"]["train"]["epochs"] = 1

@@ -148,6 +148,14 @@ class Bootstrap(Section):
         "verbatim (order id, product) are swapped for other records' values, "
         "so the model learns to copy them.",
     )
+    restarts: int = Field(
+        ge=0,
+        description="Extra trainings from seed + 1, seed + 2, ... when the teacher copies too few of the values "
+        "stated in augmented messages it did not train on.",
+    )
+    min_copy_accuracy: float = Field(
+        ge=0, le=1, description="Least share of those stated values (order ids, products) the teacher must copy."
+    )
     config: LlamaShape = Field(description="Shape of the teacher (a Llama).")
     train: Train = Field(description="Training of the teacher on the labelled set.")
 

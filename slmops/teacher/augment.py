@@ -18,6 +18,11 @@ def _stated(value, message: str) -> bool:
     return isinstance(value, str) and re.search(rf"\b{re.escape(value)}\b", message) is not None
 
 
+def stated_fields(row: dict) -> list[str]:
+    """The label fields whose value the row's message states verbatim (the values a model must copy)."""
+    return [field for field, value in row["label"].items() if _stated(value, row["message"])]
+
+
 def fresh_digits(value: str, rng: random.Random) -> str:
     """`value` with each digit drawn anew: ORD-4821 -> ORD-0937."""
     return "".join(rng.choice(string.digits) if c.isdigit() else c for c in value)
