@@ -14,16 +14,17 @@ from slmops.models.generate import generate_answers
 from slmops.models.hf import build_llama, count_parameters, hash_weights, train_chat_tokenizer
 from slmops.teacher.augment import stated_fields
 from slmops.teacher.local import IDENTITY_FILE
-from slmops.train.data import sft_examples
+from slmops.train.data import IGNORE, sft_examples
 from slmops.train.trainer import train
 
-GREEDY = GenerationSettings(max_new_tokens=64, batch_size=64, do_sample=False, temperature=1.0, top_p=1.0)
 
-
-def copy_accuracy(model, tokenizer, task: Task, rows: list[dict]) -> float:
+def copy_accuracy(model, tokenizer, task: Task, rows: list[dict], max_new_tokens: int = 64) -> float:
     """Share of the values `rows`' messages state verbatim (slmops.teacher.augment.stated_fields) that the model's
     greedy answers give exactly; 1.0 when the rows state none."""
-    answers = generate_answers(model, tokenizer, [task.messages(r["message"]) for r in rows], GREEDY)
+    greedy = GenerationSettings(
+        max_new_tokens=max_new_tokens, batch_size=64, do_sample=False, temperature=1.0, top_p=1.0
+    )
+    answers = generate_answers(model, tokenizer, [task.messages(r["message"]) for r in rows], greedy)
     right = total = 0
     for row, answer in zip(rows, answers, strict=True):
         label = parse_answer(task, answer.text, local_finish_reason(answer.finished)).label or {}
@@ -47,11 +48,12 @@ def bootstrap(
     texts = [r["message"] for r in rows] + [render_answer(r["label"]) for r in rows]
     tokenizer = train_chat_tokenizer(texts, params.vocab_size, answer_key_pieces([r["label"] for r in rows]))
     examples = sft_examples(task, tokenizer, rows)
+    longest = max(sum(1 for label in ex["labels"] if label != IGNORE) for ex in examples)
     for attempt in range(params.restarts + 1):
         torch.manual_seed(seed + attempt)
         model = build_llama(params.config, tokenizer)
         stats = train(model, tokenizer, examples, params.train, seed + attempt, live_dir)
-        accuracy = copy_accuracy(model.eval(), tokenizer, task, check_rows)
+        accuracy = copy_accuracy(model.eval(), tokenizer, task, check_rows, longest + 16)
         print(f"teacher attempt {attempt + 1}: seed {seed + attempt}, copy accuracy {accuracy:.1%}", flush=True)
         if accuracy >= params.min_copy_accuracy:
             break
