@@ -90,8 +90,8 @@ def tiny_project(root, edit):
     params["student"]["config"] = {**TINY_TEACHER, "hidden_size": 32, "intermediate_size": 64}
     params["distill"]["train"]["epochs"] = 1
     params["finetune"]["train"]["epochs"] = 1
-    params["synthesize"]["generation"]["max_new_tokens"] = 120
-    params["evaluate"]["generation"]["max_new_tokens"] = 120
+    params["synthesize"]["generation"]["max_new_tokens"] = 64
+    params["evaluate"]["generation"]["max_new_tokens"] = 64
     params["evaluate"]["speed"].update(warmup=1, repeats=2)
     params["quantize"]["parity"]["prompts"] = 2
     params["package"]["name"] = "tiny-guard"

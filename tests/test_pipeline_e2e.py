@@ -48,8 +48,8 @@ def small_params(params):
     params["distill"]["train"].update(epochs=1)
     params["finetune"]["train"].update(epochs=1)
     params["finetune"]["lora"]["r"] = 4
-    params["synthesize"]["generation"]["max_new_tokens"] = 120  # a small vocabulary spells answers in more tokens
-    params["evaluate"]["generation"]["max_new_tokens"] = 120
+    params["synthesize"]["generation"]["max_new_tokens"] = 64  # answers: at most 48 tokens with this vocabulary
+    params["evaluate"]["generation"]["max_new_tokens"] = 64
     params["evaluate"]["speed"].update(warmup=1, repeats=5)
     params["quantize"]["parity"]["prompts"] = 4
     params["package"]["name"] = "tiny-triage"
