@@ -29,9 +29,10 @@ bench: $(STAMP)
 
 # The scale profile (benchmarks/scale.py): 0.5B- and 1.5B-shaped models through the project's quantize path and
 # speed measurement, against PyTorch and llama.cpp. Models and exports go to BENCH_SCALE_CACHE, outside git.
+# llama-cpp-python builds from source for this CPU's instruction sets, with ggml's AMX kernels off (benchmarks/peer.py).
 BENCH_SCALE_CACHE ?= $(HOME)/.cache/slmops/bench-scale
 bench-scale: $(STAMP)
-	$(VENV)/bin/pip install --quiet -e '.[test,bench-scale]'
+	CMAKE_ARGS="$$($(VENV)/bin/python -m benchmarks.peer --cmake-args)" $(VENV)/bin/pip install --quiet -e '.[test,bench-scale]'
 	. $(VENV)/bin/activate && python -m benchmarks.scale --cache $(BENCH_SCALE_CACHE) $(BENCH_SCALE_ARGS)
 
 # Azurite (an Azure Blob service on loopback) for the DVC remote test; npm is the only way to get it.

@@ -13,6 +13,7 @@ import argparse
 import ctypes
 import json
 import os
+import platform
 import subprocess
 import sys
 import tarfile
@@ -23,6 +24,45 @@ from pathlib import Path
 from slmops.eval.benchmark import Timing, peak_rss_mb, rss_mb, summarize
 
 SDIST_PREFIX = "vendor/llama.cpp/"
+
+# x86 feature flags (/proc/cpuinfo's names) -> ggml's CMake option that compiles for them, in a build that is not
+# -march=native (vendor/llama.cpp/ggml/src/ggml-cpu/CMakeLists.txt). AMX is left out on purpose: ggml's AMX
+# kernels crash in the first llama_decode on virtualized Sapphire Rapids machines (llama.cpp issue #20824; seen
+# here on an Azure VM), and a native build turns them on wherever the CPU reports AMX.
+GGML_X86_OPTIONS = {
+    "GGML_SSE42": ("sse4_2",),
+    "GGML_AVX": ("avx",),
+    "GGML_AVX2": ("avx2",),
+    "GGML_FMA": ("fma",),
+    "GGML_F16C": ("f16c",),
+    "GGML_BMI2": ("bmi2",),
+    "GGML_AVX_VNNI": ("avx_vnni",),
+    "GGML_AVX512": ("avx512f", "avx512cd", "avx512vl", "avx512dq", "avx512bw"),
+    "GGML_AVX512_VBMI": ("avx512f", "avx512vbmi"),
+    "GGML_AVX512_VNNI": ("avx512f", "avx512_vnni"),
+    "GGML_AVX512_BF16": ("avx512f", "avx512_bf16"),
+}
+AMX_OPTIONS = ("GGML_AMX_TILE", "GGML_AMX_INT8", "GGML_AMX_BF16")
+
+
+def cmake_args(machine: str, cpu_flags: set[str]) -> str:
+    """CMAKE_ARGS that build llama-cpp-python for this CPU's instruction sets with AMX off (GGML_X86_OPTIONS), for
+    an x86_64 `machine` with /proc/cpuinfo `cpu_flags`; empty (ggml's native build) on any other machine."""
+    if machine not in ("x86_64", "AMD64"):
+        return ""
+    options = {name: all(flag in cpu_flags for flag in flags) for name, flags in GGML_X86_OPTIONS.items()}
+    options |= dict.fromkeys(AMX_OPTIONS, False)
+    return " ".join(["-DGGML_NATIVE=OFF"] + [f"-D{name}={'ON' if on else 'OFF'}" for name, on in options.items()])
+
+
+def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> set[str]:
+    """The first processor's feature flags in /proc/cpuinfo (empty where there is none)."""
+    if not cpuinfo.is_file():
+        return set()
+    line = next((line for line in cpuinfo.read_text().splitlines() if line.startswith("flags")), "")
+    return set(line.partition(":")[2].split())
+
+
 CONVERTER_FILES = ("convert_hf_to_gguf.py", "conversion/", "gguf-py/")
 
 # The locally trained tokenizer hashes to no pre-tokenizer llama.cpp knows; the timed requests pass token ids, so
@@ -139,15 +179,27 @@ def measure(gguf_file: Path, prompts: list[list[int]], warmup: int, max_new_toke
 
 def _child() -> None:
     job = json.loads(sys.stdin.read())
-    import llama_cpp  # noqa: F401  (before the weights, so that runtime_rss_mb holds it)
+    import llama_cpp  # before the weights, so that runtime_rss_mb holds it
 
+    system = llama_cpp.llama_print_system_info().decode()
+    if "AMX_INT8 = 1" in system:
+        raise SystemExit(
+            "this llama-cpp-python was built with ggml's AMX kernels, which crash in llama_decode on virtualized "
+            "Sapphire Rapids CPUs (llama.cpp issue #20824); rebuild it without them:\n"
+            f'CMAKE_ARGS="$(python -m benchmarks.peer --cmake-args)" pip install --force-reinstall --no-deps '
+            f"--no-cache-dir llama-cpp-python=={metadata.version('llama-cpp-python')}"
+        )
     runtime = rss_mb()
     timings = time_llama(job["gguf"], job["prompts"], job["max_new_tokens"], os.cpu_count() or 1)
     figures = summarize(timings[job["warmup"] :])
-    figures |= {"peak_rss_mb": peak_rss_mb(), "runtime_rss_mb": runtime}
+    figures |= {"peak_rss_mb": peak_rss_mb(), "runtime_rss_mb": runtime, "build": system.strip()}
     print(json.dumps(figures))
 
 
 if __name__ == "__main__":
-    argparse.ArgumentParser(description="Child process of benchmarks.peer.measure: a JSON job on stdin.").parse_args()
-    _child()
+    parser = argparse.ArgumentParser(description="Child process of benchmarks.peer.measure: a JSON job on stdin.")
+    parser.add_argument("--cmake-args", action="store_true", help="print the CMAKE_ARGS to build llama-cpp-python")
+    if parser.parse_args().cmake_args:
+        print(cmake_args(platform.machine(), cpu_flags()))
+    else:
+        _child()

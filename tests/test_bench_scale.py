@@ -8,6 +8,7 @@ import pytest
 from conftest import ROOT
 from onnx import TensorProto, helper
 
+from benchmarks import peer
 from benchmarks.scale import (
     GOALS,
     bound_tokens_per_s,
@@ -153,3 +154,56 @@ def test_arguments(tmp_path):
         assert result.returncode == 2, argv
         assert message in result.stderr
         assert list(tmp_path.iterdir()) == []  # the error comes before any work
+
+
+SAPPHIRE_RAPIDS = set(
+    [
+        "fpu",
+        "sse4_2",
+        "avx",
+        "avx2",
+        "fma",
+        "f16c",
+        "bmi2",
+        "avx_vnni",
+        "avx512f",
+        "avx512cd",
+        "avx512vl",
+        "avx512dq",
+        "avx512bw",
+        "avx512vbmi",
+        "avx512_vnni",
+        "avx512_bf16",
+        "amx_tile",
+        "amx_int8",
+        "amx_bf16",
+    ]
+)
+
+
+def test_llama_cpp_builds_for_the_cpu_with_amx_off():
+    args = dict(option.removeprefix("-D").split("=") for option in peer.cmake_args("x86_64", SAPPHIRE_RAPIDS).split())
+    assert args.pop("GGML_NATIVE") == "OFF"
+    assert {args.pop(name) for name in peer.AMX_OPTIONS} == {"OFF"}  # the CPU has AMX; the build leaves it out
+    assert set(args.values()) == {"ON"} and set(args) == set(peer.GGML_X86_OPTIONS)
+
+
+def test_llama_cpp_build_without_avx512_turns_off_each_extension():
+    zen3 = {"sse4_2", "avx", "avx2", "fma", "f16c", "bmi2", "avx512_vnni"}  # a stray flag without avx512f
+    args = dict(option.removeprefix("-D").split("=") for option in peer.cmake_args("x86_64", zen3).split())
+    assert {name for name, value in args.items() if value == "ON"} == {
+        "GGML_SSE42",
+        "GGML_AVX",
+        "GGML_AVX2",
+        "GGML_FMA",
+        "GGML_F16C",
+        "GGML_BMI2",
+    }
+    assert peer.cmake_args("arm64", SAPPHIRE_RAPIDS) == ""  # elsewhere, ggml's native build
+
+
+def test_cpu_flags_are_read_from_the_first_processor(tmp_path):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu avx2 amx_int8\n\nprocessor\t: 1\nflags\t\t: fpu\n")
+    assert peer.cpu_flags(cpuinfo) == {"fpu", "avx2", "amx_int8"}
+    assert peer.cpu_flags(tmp_path / "none") == set()
