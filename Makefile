@@ -16,12 +16,16 @@ install: $(STAMP)
 pipeline: $(STAMP)
 	. $(VENV)/bin/activate && dvc repro
 
+# pytest-xdist: whole modules to each worker (module fixtures built once), longest first (tests/conftest.py).
+PYTEST_WORKERS ?= 2
+XDIST := -n $(PYTEST_WORKERS) --dist loadscope --no-loadscope-reorder
+
 test: $(STAMP) azurite mermaid
-	. $(VENV)/bin/activate && ruff check . && ruff format --check . && pytest
+	. $(VENV)/bin/activate && ruff check . && ruff format --check . && pytest $(XDIST)
 
 # The edit loop: every test but the end-to-end and slow ones (markers e2e and slow).
 test-fast: $(STAMP) mermaid
-	. $(VENV)/bin/activate && ruff check . && ruff format --check . && pytest -m "not e2e and not slow"
+	. $(VENV)/bin/activate && ruff check . && ruff format --check . && pytest $(XDIST) -m "not e2e and not slow"
 
 # Benchmarks of the default pipeline's models (builds them first if needed).
 bench: $(STAMP)

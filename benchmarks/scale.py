@@ -175,6 +175,27 @@ def goal_failures(rows: list[dict], goals: dict = GOALS, variant: str = GOAL_VAR
     return failures
 
 
+TEACHER_STUDENT = (("1.5b", "pytorch-bf16"), ("0.5b", GOAL_VARIANT))
+
+
+def teacher_student_memory(sizes: dict, pair=TEACHER_STUDENT) -> dict | None:
+    """Memory the shipped student saves against its teacher: the 1.5B model in PyTorch bf16 against the 0.5B int4
+    export, each as the model's own memory (peak resident less the runtime's resident before the weights) and as
+    the whole process's peak. None when either row was not measured."""
+    rows = [next((r for r in sizes.get(size, {}).get("rows", []) if r["name"] == name), None) for size, name in pair]
+    if None in rows or any(row.get("model_rss_mb") is None for row in rows):
+        return None
+    teacher, student = rows
+    return {
+        "teacher": f"{pair[0][0]} {pair[0][1]}",
+        "student": f"{pair[1][0]} {pair[1][1]}",
+        **{
+            f"{kind}_mb": {"teacher": teacher[key], "student": student[key], "saved": 1 - student[key] / teacher[key]}
+            for kind, key in (("model", "model_rss_mb"), ("process", "peak_rss_mb"))
+        },
+    }
+
+
 COLUMNS = (
     ("name", "variant", "{}"),
     ("size_mb", "size MB", "{:,.0f}"),
@@ -211,6 +232,19 @@ def render_report(result: dict) -> str:
     ]
     for size, section in result["sizes"].items():
         parts += ["", f"## {size} ({section['parameters'] / 1e6:,.0f} M parameters)", "", render_table(section["rows"])]
+    if memory := result.get("teacher_student"):
+        parts += [
+            "",
+            f"## Memory: {memory['teacher']} teacher against {memory['student']} student",
+            "",
+            "| memory | teacher MB | student MB | saved |",
+            "|---|---|---|---|",
+        ]
+        for kind, title in (("model", "the model's own (peak less the runtime's)"), ("process", "process peak")):
+            figures = memory[f"{kind}_mb"]
+            parts.append(
+                f"| {title} | {figures['teacher']:,.0f} | {figures['student']:,.0f} | {figures['saved']:.1%} |"
+            )
     verdict = ("MISSED" if result["failures"] else "met") if result["goals_checked"] else "not checked in this run"
     parts += ["", f"Goals at 0.5B ({GOAL_VARIANT}): {verdict}"]
     parts += [f"- {failure}" for failure in result["failures"]]
@@ -229,6 +263,23 @@ def build_model(size: str, folder: Path) -> Path:
 
     partial = folder.with_name(folder.name + ".partial")
     build("qwen2", partial, **SHAPES[size])
+    partial.rename(folder)
+    return folder
+
+
+def bf16_checkpoint(model_dir: Path, folder: Path) -> Path:
+    """model_dir's model and tokenizer saved with bfloat16 weights, as published checkpoints are: loading the fp32
+    checkpoint as bf16 would hold both copies at once, and the bf16 row's peak memory would count the fp32 one."""
+    import torch
+
+    from slmops.models.hf import load_model_and_tokenizer
+
+    if (folder / "config.json").is_file():
+        return folder
+    model, tokenizer = load_model_and_tokenizer(model_dir, torch.bfloat16)
+    partial = folder.with_name(folder.name + ".partial")
+    model.save_pretrained(partial)
+    tokenizer.save_pretrained(partial)
     partial.rename(folder)
     return folder
 
@@ -377,7 +428,8 @@ def profile(size: str, args) -> dict:
         log(f"{size}: time {kind}")
         dtype_bytes = 4 if kind == "torch" else 2
         row = {"name": f"pytorch-{'fp32' if kind == 'torch' else 'bf16'}", "runtime": "torch"}
-        row = sized(row | timed(kind, model_dir, chats, args), fp32_bytes * dtype_bytes // 4, fp32_bytes)
+        checkpoint = model_dir if kind == "torch" else bf16_checkpoint(model_dir, cache / "hf-bf16")
+        row = sized(row | timed(kind, checkpoint, chats, args), fp32_bytes * dtype_bytes // 4, fp32_bytes)
         per_token = decode_bytes_per_token(
             parameters * dtype_bytes, config, dtype_bytes, len(chats[64][1]), args.torch_new_tokens
         )
@@ -466,6 +518,7 @@ def main(argv: list[str] | None = None) -> int:
     measured = half and any(row["name"] == GOAL_VARIANT for row in half["rows"])
     result["failures"] = goal_failures(half["rows"]) if measured else []
     result["goals_checked"] = bool(measured)
+    result["teacher_student"] = teacher_student_memory(result["sizes"])
     result["failures"] += [
         f"llama.cpp ({size}): {s['peer_error']}" for size, s in result["sizes"].items() if s["peer_error"]
     ]

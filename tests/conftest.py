@@ -148,10 +148,47 @@ def tiny_onnx(tiny_hf_dir, tmp_path_factory):
 
 def pytest_collection_modifyitems(items):
     """Every test that needs the builder's export (tiny_onnx, two exports in child processes) is marked slow:
-    `make test-fast` (-m "not e2e and not slow") leaves it out."""
+    `make test-fast` (-m "not e2e and not slow") leaves it out.
+
+    Then the modules are ordered longest first (those with an e2e test, then those with a slow one, then the rest;
+    each module's own order kept): `make test` hands whole modules to pytest-xdist's workers (--dist loadscope), and
+    starting the long ones first keeps one worker from ending alone on a long module."""
     for item in items:
         if "tiny_onnx" in item.fixturenames:
             item.add_marker(pytest.mark.slow)
+    rank = {}
+    for item in items:
+        tier = 0 if item.get_closest_marker("e2e") else 1 if item.get_closest_marker("slow") else 2
+        rank[item.module.__name__] = min(tier, rank.get(item.module.__name__, tier))
+    items.sort(key=lambda item: rank[item.module.__name__])  # stable: each module's order is kept
+
+
+def shared(tmp_path_factory, worker_id: str, name: str, produce):
+    """produce() run once for the whole test run, its JSON result given to every pytest-xdist worker: the first
+    worker to ask runs it under a file lock in the run's common temporary folder, the others wait and read its
+    result (pytest-xdist's documented recipe for a session fixture computed once). Without xdist, produce()."""
+    if worker_id == "master":
+        return produce()
+    from filelock import FileLock
+
+    record = tmp_path_factory.getbasetemp().parent / f"{name}.json"
+    with FileLock(f"{record}.lock"):
+        if not record.is_file():
+            record.write_text(json.dumps(produce()))
+        return json.loads(record.read_text())
+
+
+@pytest.fixture(scope="session")
+def pipeline_run(tmp_path_factory, worker_id) -> Path:
+    """The end-to-end module's small pipeline run from nothing in a new git repository (test_pipeline_e2e's
+    new_pipeline), once for the whole test run. Read-only: tests that change it work on a copy."""
+
+    def produce() -> str:
+        from test_pipeline_e2e import new_pipeline
+
+        return str(new_pipeline(tmp_path_factory.mktemp("pipeline")))
+
+    return Path(shared(tmp_path_factory, worker_id, "pipeline_run", produce))
 
 
 AZURITE = ROOT / "tools/azurite/node_modules/.bin/azurite-blob"

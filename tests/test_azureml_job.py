@@ -14,7 +14,14 @@ import pytest
 import yaml
 from conftest import JOB_CONTAINER
 from test_azureml_job_script import blobs
-from test_pipeline_e2e import small_project, stages_ran
+from test_pipeline_e2e import (
+    accuracy_only,
+    model_file_hashes,
+    read_json,
+    small_project,
+    stages_ran,
+    without_timing,
+)
 
 from slmops import azureml
 
@@ -71,3 +78,21 @@ def test_the_job_script_pulls_reproduces_pushes_and_fills_the_results_output(job
     assert filecmp.cmp(out2 / "dvc.lock", out / "dvc.lock", shallow=False)
     package = yaml.safe_load((second / "params.yaml").read_text())["package"]["name"]
     assert (second / "models/foundry" / package / "manifest.json").is_file()  # pulled, not rebuilt
+
+
+def test_same_seed_same_metrics(pipeline_run, job_run):
+    """Two runs from nothing on the same seed and data: the end-to-end `dvc repro` (conftest's pipeline_run) and the
+    Azure ML job script's, in another folder, on the same files and params."""
+    repo = pipeline_run
+    other = job_run[0]
+    assert (other / "params.yaml").read_text() == (repo / "params.yaml").read_text()
+    names = ("teacher", "synthesize", "distill", "finetune", "quantize", "metrics", "package")
+    first = {name: read_json(repo / f"reports/{name}.json") for name in names}
+    second = {name: read_json(other / f"reports/{name}.json") for name in first}
+    assert model_file_hashes(other) == model_file_hashes(repo)
+    for name in ("synthesize", "quantize"):
+        assert without_timing(second.pop(name)) == without_timing(first.pop(name))
+    # the model card in the package quotes latencies, so the package's byte count may differ
+    assert {**second.pop("package"), "bytes": 0} == {**first.pop("package"), "bytes": 0}
+    assert accuracy_only(second.pop("metrics")) == accuracy_only(first.pop("metrics"))
+    assert second == first

@@ -18,7 +18,9 @@ from benchmarks.scale import (
     onnx_weight_bytes_per_token,
     parse_args,
     prompt_chat,
+    render_report,
     render_table,
+    teacher_student_memory,
 )
 
 QWEN_05B = {"hidden_size": 896, "num_attention_heads": 14, "num_key_value_heads": 2, "num_hidden_layers": 24}
@@ -207,3 +209,20 @@ def test_cpu_flags_are_read_from_the_first_processor(tmp_path):
     cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu avx2 amx_int8\n\nprocessor\t: 1\nflags\t\t: fpu\n")
     assert peer.cpu_flags(cpuinfo) == {"fpu", "avx2", "amx_int8"}
     assert peer.cpu_flags(tmp_path / "none") == set()
+
+
+def test_teacher_student_memory_compares_models_and_processes():
+    sizes = {
+        "1.5b": {"rows": [{"name": "pytorch-bf16", "model_rss_mb": 3000.0, "peak_rss_mb": 3500.0}]},
+        "0.5b": {"rows": [{"name": "int4-emb-b128", "model_rss_mb": 300.0, "peak_rss_mb": 350.0}]},
+    }
+    memory = teacher_student_memory(sizes)
+    assert memory["model_mb"] == {"teacher": 3000.0, "student": 300.0, "saved": pytest.approx(0.9)}
+    assert memory["process_mb"]["saved"] == pytest.approx(0.9)
+    assert memory["teacher"] == "1.5b pytorch-bf16" and memory["student"] == "0.5b int4-emb-b128"
+    report = render_report(
+        {"date": "d", "hardware": {"cpu": "c", "cores": 2}, "sizes": {}, "failures": [], "goals_checked": False}
+        | {"teacher_student": memory}
+    )
+    assert "| the model's own (peak less the runtime's) | 3,000 | 300 | 90.0% |" in report
+    assert teacher_student_memory({"0.5b": sizes["0.5b"]}) is None  # no 1.5B row: nothing to compare
