@@ -125,6 +125,9 @@ METRICS = (
         compared=True,
         column="peak RSS MB",
     ),
+    # The model's own memory: the peak less the same runtime's resident memory before the weights load
+    # (slmops.eval.benchmark: torch imported with its kernels, or onnxruntime-genai), not the runtime itself.
+    Metric("model_rss_mb", "model memory (MB)", "MB", "{:.0f}", False, SPEED, column="model MB"),
     Metric(
         "exact_match",
         "exact match",
@@ -165,6 +168,7 @@ METRICS = (
     Metric("accuracy_kept", "accuracy kept vs teacher", RATE, "{:.1%}", True, RETENTION, compared=True),
     Metric("latency_saved", "latency saved vs teacher", RATE, "{:.1%}", True, RETENTION, compared=True),
     Metric("memory_saved", "memory saved vs teacher", RATE, "{:.1%}", True, RETENTION, compared=True),
+    Metric("model_memory_saved", "model memory saved vs teacher", RATE, "{:.1%}", True, RETENTION),
     Metric("size_saved", "size saved vs teacher", RATE, "{:.1%}", True, RETENTION, compared=True),
     Metric("size_saved_by_quantization", "size saved by quantization", RATE, "{:.1%}", True, RETENTION),
     Metric("parameter_ratio", "parameters vs teacher", RATE, "{:.1%}", False, RETENTION),
