@@ -21,6 +21,7 @@ import io
 import json
 import os
 import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -120,13 +121,17 @@ def small_project(root: Path, edit) -> Path:
     params["student"]["config"].update(
         hidden_size=32, num_attention_heads=2, num_key_value_heads=2, intermediate_size=64
     )
-    params["distill"]["train"]["epochs"] = 1
+    params["distill"]["train"]["epochs"] = 3  # after 1, one family's student still had flat logits (0% agreement)
     params["finetune"]["train"]["epochs"] = 1
     params["finetune"]["lora"]["r"] = 4
     params["synthesize"]["generation"]["max_new_tokens"] = 24
     params["evaluate"]["generation"]["max_new_tokens"] = 24
     params["evaluate"]["speed"].update(warmup=1, repeats=2)
     params["quantize"]["parity"]["prompts"] = 4
+    # Models trained for seconds have near-tied logits, so 4-bit rounding flips some greedy choices (86.6% of 67
+    # positions for one family on one thread): here the export must run and mostly agree; the 0.9 default holds
+    # for trained models (tests/test_export.py, the pipeline's own run).
+    params["quantize"]["parity"]["min_greedy_agreement"] = 0.5
     params["package"]["name"] = "family-triage"
     params["package"]["verify"]["max_output_tokens"] = 24
     edit(params)
@@ -218,22 +223,20 @@ def with_engine(root: Path, engine: str) -> None:
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
 
-def in_process_measure(kind, model_dir, chats, warmup, max_new_tokens, execution_provider="cpu") -> dict:
-    """slmops.eval.benchmark.measure without its child process: the child's own code (_child) on the same JSON
-    job, run here (a child would spend seconds importing torch again, four times per evaluate)."""
-    job = {
-        "kind": kind,
-        "model_dir": model_dir,
-        "chats": chats,
-        "warmup": warmup,
-        "max_new_tokens": max_new_tokens,
-        "execution_provider": execution_provider,
-    }
-    out = io.StringIO()
-    with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(out):
-        patch.setattr(sys, "stdin", io.StringIO(json.dumps(job)))
-        benchmark._child()
-    return json.loads(out.getvalue().strip().splitlines()[-1])
+def in_process_measure(*args, **kwargs) -> dict:
+    """slmops.eval.benchmark.measure with its child process's code (_child) run in this process on the same JSON
+    job (a child would spend seconds importing torch again, four times per evaluate)."""
+
+    def run_child(command, input, **_):
+        out = io.StringIO()
+        with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(out):
+            patch.setattr(sys, "stdin", io.StringIO(input))
+            benchmark._child()
+        return subprocess.CompletedProcess(command, 0, out.getvalue(), "")
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(benchmark.subprocess, "run", run_child)
+        return benchmark.measure(*args, **kwargs)
 
 
 @pytest.fixture(scope="module", params=FAMILIES)

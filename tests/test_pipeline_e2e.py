@@ -123,7 +123,17 @@ def without_timing(metrics):
     return {k: v for k, v in metrics.items() if k not in ("timing", "export_seconds")}
 
 
-SPEED = ("latency", "ttft", "decode", "peak_rss", "runtime_rss", "requests", "memory_saved")
+SPEED = (
+    "latency",
+    "ttft",
+    "decode",
+    "peak_rss",
+    "runtime_rss",
+    "model_rss",
+    "requests",
+    "memory_saved",
+    "model_memory",
+)
 
 
 def accuracy_only(metrics):
