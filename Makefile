@@ -5,12 +5,10 @@ STAMP := $(VENV)/.installed
 
 .PHONY: install pipeline test test-fast bench bench-scale azurite mermaid
 
-# --no-compile: Python compiles only the modules a run imports, on first import; pip would compile every file of
-# torch and the rest (the project's install took 74 s here that way, 31 s without).
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip==26.3
-	$(VENV)/bin/pip install --quiet --no-compile -e '.[test]'
+	$(VENV)/bin/pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
 install: $(STAMP)
