@@ -17,8 +17,8 @@ pipeline: $(STAMP)
 	. $(VENV)/bin/activate && dvc repro
 
 # pytest-xdist: whole modules to each worker (module fixtures built once), longest first (tests/conftest.py), and
-# the cores shared out among the workers: torch's threads spinning against the other worker's made the suite 27%
-# slower on 2 cores (672 s against 528 s with one thread each).
+# the cores shared out among the workers: torch's threads spinning against the other worker's made the suite 23%
+# slower on 2 cores (672 s against 546 s with one thread each).
 PYTEST_WORKERS ?= 2
 XDIST := -n $(PYTEST_WORKERS) --dist loadscope --no-loadscope-reorder
 TEST_THREADS := OMP_NUM_THREADS=$$(( $$(nproc) / $(PYTEST_WORKERS) > 1 ? $$(nproc) / $(PYTEST_WORKERS) : 1 ))
