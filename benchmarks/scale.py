@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from slmops.core.files import atomic_dir
+
 ROOT = Path(__file__).resolve().parent.parent
 
 # The published Qwen2.5 configurations (tied embeddings and rope_theta come with the qwen2 family of tests/families).
@@ -261,9 +263,8 @@ def build_model(size: str, folder: Path) -> Path:
     sys.path.insert(0, str(ROOT / "tests"))
     from families import build
 
-    partial = folder.with_name(folder.name + ".partial")
-    build("qwen2", partial, **SHAPES[size])
-    partial.rename(folder)
+    with atomic_dir(folder) as partial:
+        build("qwen2", partial, **SHAPES[size])
     return folder
 
 
@@ -277,16 +278,14 @@ def bf16_checkpoint(model_dir: Path, folder: Path) -> Path:
     if (folder / "config.json").is_file():
         return folder
     model, tokenizer = load_model_and_tokenizer(model_dir, torch.bfloat16)
-    partial = folder.with_name(folder.name + ".partial")
-    model.save_pretrained(partial)
-    tokenizer.save_pretrained(partial)
-    partial.rename(folder)
+    with atomic_dir(folder) as partial:
+        model.save_pretrained(partial)
+        tokenizer.save_pretrained(partial)
     return folder
 
 
 def export_variant(model_dir: Path, variant: Variant, out: Path) -> Path:
     """The project's export (slmops.onnx.export) with params.yaml's quantize section, `variant`'s keys changed."""
-    import shutil
     import tempfile
 
     from slmops.core.params import parse_params
@@ -298,11 +297,8 @@ def export_variant(model_dir: Path, variant: Variant, out: Path) -> Path:
     config = quantize.model_copy(
         update={"precision": variant.precision, "block_size": variant.block_size, "embeddings": variant.embeddings}
     )
-    partial = out.with_name(out.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    with tempfile.TemporaryDirectory(prefix="bench-scale-", dir=out.parent) as scratch:
-        export(model_dir, partial, config, Path(scratch))
-    partial.rename(out)
+    with tempfile.TemporaryDirectory(prefix="bench-scale-", dir=out.parent) as scratch, atomic_dir(out) as partial:
+        export(model_dir, partial, config, Path(scratch))  # as stages/quantize.py does
     return out
 
 
