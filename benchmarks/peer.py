@@ -24,6 +24,7 @@ from pathlib import Path
 from slmops.eval.benchmark import Timing, peak_rss_mb, rss_mb, summarize
 
 SDIST_PREFIX = "vendor/llama.cpp/"
+CONVERTER_FILES = ("convert_hf_to_gguf.py", "conversion/", "gguf-py/")
 
 # x86 feature flags (/proc/cpuinfo's names) -> ggml's CMake option that compiles for them, in a build that is not
 # -march=native (vendor/llama.cpp/ggml/src/ggml-cpu/CMakeLists.txt). AMX is left out on purpose: ggml's AMX
@@ -62,8 +63,6 @@ def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> set[str]:
     line = next((line for line in cpuinfo.read_text().splitlines() if line.startswith("flags")), "")
     return set(line.partition(":")[2].split())
 
-
-CONVERTER_FILES = ("convert_hf_to_gguf.py", "conversion/", "gguf-py/")
 
 # The locally trained tokenizer hashes to no pre-tokenizer llama.cpp knows; the timed requests pass token ids, so
 # the pre-tokenizer only names how llama.cpp would split text, and the family's own (qwen2) is the true answer.
