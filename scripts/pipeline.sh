@@ -32,6 +32,17 @@ has_credentials() {
       [ -n "${AZURE_TOKEN_CREDENTIALS:-}${IDENTITY_ENDPOINT:-}${MSI_ENDPOINT:-}" ]; }
 }
 
+# In a GitHub job with id-token: write, DVC signs in with a GitHub OIDC token fetched now (WorkloadIdentityCredential
+# reads it from AZURE_FEDERATED_TOKEN_FILE): after a job longer than about an hour, the Azure CLI's login by
+# azure/login can no longer renew its access token (AADSTS700024). Elsewhere: nothing changes.
+use_fresh_github_token() {
+  if [ -n "${ACTIONS_ID_TOKEN_REQUEST_URL:-}" ] && [ -n "${AZURE_CLIENT_ID:-}" ] && [ -n "${AZURE_TENANT_ID:-}" ]; then
+    AZURE_FEDERATED_TOKEN_FILE="${RUNNER_TEMP:-/tmp}/slmops-oidc-token"
+    python -m slmops.azureml oidc-token "$AZURE_FEDERATED_TOKEN_FILE"
+    export AZURE_FEDERATED_TOKEN_FILE AZURE_TOKEN_CREDENTIALS=WorkloadIdentityCredential
+  fi
+}
+
 backend="${PIPELINE_BACKEND:-runner}"
 case "$backend" in
   runner)
@@ -50,6 +61,7 @@ case "$backend" in
     # Submit, stream, fail on a failed or cancelled job (exit 3), copy dvc.lock and the reports here.
     slmops azureml submit
     if [ "$mode" != main ]; then
+      use_fresh_github_token
       dvc pull package  # the job pushed the models; the package is what the speed comparison and artifacts need
     fi
     ;;

@@ -10,6 +10,7 @@ changing the workspace or the VM size reruns nothing.
     python -m slmops.azureml dump             rewrite azureml/job.yml and azureml/compute.yml from azureml.yaml
     python -m slmops.azureml uncached-outputs the `cache: false` outputs of dvc.yaml, one path a line
     python -m slmops.azureml secret VAULT_URL NAME   a Key Vault secret's value (in the job, with its identity)
+    python -m slmops.azureml oidc-token FILE  a fresh GitHub OIDC token in FILE (AZURE_FEDERATED_TOKEN_FILE)
 
 azure-ai-ml is imported inside the functions that need it: it is the `azureml` extra, not a pipeline dependency.
 """
@@ -292,12 +293,85 @@ def uncached_outputs(root: str | Path = ".") -> list[str]:
         return sorted({str(out.def_path) for out in repo.index.outs if not out.use_cache})
 
 
-def read_secret(vault_url: str, name: str) -> str:
-    """A Key Vault secret's value, read with DefaultAzureCredential (in the job: the compute's identity)."""
-    from azure.identity import DefaultAzureCredential
+def read_secret(vault_url: str, name: str, credential=None, **kwargs) -> str:
+    """A Key Vault secret's current value, read with `credential` or azure_credential() (in the job: the compute's
+    managed identity). InputError naming the vault and the secret when it is missing, disabled, or not readable by
+    that identity (Key Vault answers 403 without the role Key Vault Secrets User). `kwargs` go to SecretClient."""
+    from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
     from azure.keyvault.secrets import SecretClient
 
-    return SecretClient(vault_url=vault_url, credential=DefaultAzureCredential()).get_secret(name).value
+    client = SecretClient(vault_url=vault_url, credential=credential or azure_credential(), **kwargs)
+    try:
+        value = client.get_secret(name).value
+    except ResourceNotFoundError:
+        raise InputError(f"Key Vault {vault_url}: no secret named {name!r} (teacher_key.secret)") from None
+    except HttpResponseError as err:
+        reason = f"{err.status_code}: {err.reason}"
+        raise InputError(f"Key Vault {vault_url}: secret {name!r} not readable ({reason})") from None
+    if not value:
+        raise InputError(f"Key Vault {vault_url}: secret {name!r} is empty")
+    return value
+
+
+# --- credentials ---------------------------------------------------------------------------------------------
+
+# The audience GitHub's OIDC token is asked for: Entra ID's federated credentials expect it (azure/login's default).
+GITHUB_OIDC_AUDIENCE = "api://AzureADTokenExchange"
+GITHUB_OIDC = ("ACTIONS_ID_TOKEN_REQUEST_URL", "ACTIONS_ID_TOKEN_REQUEST_TOKEN", "AZURE_CLIENT_ID", "AZURE_TENANT_ID")
+
+
+def github_oidc_token(timeout_s: float = 30) -> str:
+    """A fresh OIDC token (a JWT) from the GitHub Actions job's token service (a job with `id-token: write`
+    has ACTIONS_ID_TOKEN_REQUEST_URL and ACTIONS_ID_TOKEN_REQUEST_TOKEN), for GITHUB_OIDC_AUDIENCE.
+
+    Raises InputError when the variables are missing, or the service refuses or answers without a token.
+    Source: GitHub's "About security hardening with OpenID Connect" (the request) and azure/login (the audience)."""
+    import json
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
+    url, bearer = os.environ.get(GITHUB_OIDC[0]), os.environ.get(GITHUB_OIDC[1])
+    if not url or not bearer:
+        raise InputError(f"{GITHUB_OIDC[0]} and {GITHUB_OIDC[1]} are not set: not a GitHub job with id-token: write")
+    query = urllib.parse.urlencode({"audience": GITHUB_OIDC_AUDIENCE})
+    request = urllib.request.Request(f"{url}&{query}" if "?" in url else f"{url}?{query}")
+    request.add_header("Authorization", f"Bearer {bearer}")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout_s) as response:
+            token = json.loads(response.read()).get("value")
+    except (urllib.error.URLError, OSError, ValueError) as err:
+        raise InputError(f"GitHub's OIDC token service ({GITHUB_OIDC[0]}) failed: {err}") from None
+    if not isinstance(token, str) or not token:
+        raise InputError(f"GitHub's OIDC token service ({GITHUB_OIDC[0]}) answered without a token")
+    return token
+
+
+def azure_credential(**kwargs):
+    """The identity Azure calls are made with.
+
+    In a GitHub Actions job with `id-token: write` and AZURE_CLIENT_ID / AZURE_TENANT_ID set: a
+    ClientAssertionCredential that asks GitHub for a fresh OIDC token each time it needs a new Entra ID token.
+    The Azure CLI's login by azure/login holds one OIDC token, which expires within minutes, so the CLI cannot
+    renew its access token after about an hour and a longer wait fails with AADSTS700024 (Azure/login#180, #372).
+    Elsewhere: DefaultAzureCredential (AZURE_TOKEN_CREDENTIALS picks one: ManagedIdentityCredential in the job,
+    AzureCliCredential after `az login`). `kwargs` go to the credential (a test's transport)."""
+    if all(os.environ.get(name) for name in GITHUB_OIDC):
+        from azure.identity import ClientAssertionCredential
+
+        tenant, client_id = os.environ["AZURE_TENANT_ID"], os.environ["AZURE_CLIENT_ID"]
+        return ClientAssertionCredential(tenant, client_id, github_oidc_token, **kwargs)
+    from azure.identity import DefaultAzureCredential
+
+    return DefaultAzureCredential(**kwargs)
+
+
+def write_oidc_token(path: str | Path) -> None:
+    """A fresh GitHub OIDC token in `path` (mode 600), for AZURE_FEDERATED_TOKEN_FILE: a process outside this one
+    (`dvc pull` after a long job) then signs in with WorkloadIdentityCredential."""
+    token, path = github_oidc_token(), Path(path)
+    path.touch(mode=0o600)
+    path.write_text(token)
 
 
 # --- submit, follow, fetch ------------------------------------------------------------------------------------
@@ -308,15 +382,11 @@ class JobDidNotComplete(Exception):
 
 
 def client(config: AzureML, credential=None, **kwargs):
-    """MLClient on the workspace; DefaultAzureCredential (after `azure/login`: the Azure CLI's OIDC login)."""
+    """MLClient on the workspace, with `credential` or else azure_credential()."""
     from azure.ai.ml import MLClient
 
-    if credential is None:
-        from azure.identity import DefaultAzureCredential
-
-        credential = DefaultAzureCredential()
     ws = config.workspace
-    return MLClient(credential, ws.subscription_id, ws.resource_group, ws.name, **kwargs)
+    return MLClient(credential or azure_credential(), ws.subscription_id, ws.resource_group, ws.name, **kwargs)
 
 
 def submit(ml_client, config: AzureML, git: Git, root: str | Path = ".") -> str:
@@ -375,6 +445,14 @@ def run(ml_client, config: AzureML, git: Git, root: str | Path = ".") -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
+    try:
+        return _main(args)
+    except InputError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+def _main(args: list[str]) -> int:
     if args == ["requirements"]:
         (ENV_DIR / "requirements.txt").write_text(requirements_text())
     elif args == ["dump"]:
@@ -385,6 +463,8 @@ def main(argv: list[str] | None = None) -> int:
         print("\n".join(uncached_outputs()))
     elif len(args) == 3 and args[0] == "secret":
         print(read_secret(args[1], args[2]))
+    elif len(args) == 2 and args[0] == "oidc-token":
+        write_oidc_token(args[1])
     else:
         print(__doc__, file=sys.stderr)
         return 2

@@ -85,12 +85,14 @@ def test_the_azureml_backend_logs_in_by_oidc_on_its_own_job_and_cancels_its_job(
     assert all(value.startswith("${{ vars.") for value in login["with"].values())
     submit = next(s for s in steps if s.get("id") == "pipeline")
     assert submit["env"]["PIPELINE_BACKEND"] == "azureml"
-    assert submit["env"]["AZURE_TOKEN_CREDENTIALS"] == "AzureCliCredential"
+    # slmops and DVC sign in with fresh GitHub OIDC tokens for this identity (tests/test_azureml_identity.py)
+    identity = {"AZURE_CLIENT_ID": "${{ vars.AZURE_CLIENT_ID }}", "AZURE_TENANT_ID": "${{ vars.AZURE_TENANT_ID }}"}
+    assert identity.items() <= submit["env"].items() and "AZURE_TOKEN_CREDENTIALS" not in submit["env"]
     assert "secrets." not in str(submit)
     cancel = next(s for s in steps if "cancel" in s.get("run", ""))
     assert cancel["if"] == "cancelled() && steps.pipeline.outputs.job != ''"
     assert cancel["run"] == '.venv/bin/slmops azureml cancel "$JOB"'
-    assert cancel["env"]["JOB"] == "${{ steps.pipeline.outputs.job }}"
+    assert cancel["env"] == {"JOB": "${{ steps.pipeline.outputs.job }}", **identity}
     assert steps.index(login) < steps.index(submit) < steps.index(cancel)
 
 
