@@ -208,10 +208,13 @@ def git_identity(root: str | Path = ".") -> Git:
 
 
 def requirements_text(pyproject: str | Path = "pyproject.toml") -> str:
-    """requirements.txt of the job's image: the pipeline's pinned dependencies, exactly as pyproject.toml has them."""
+    """requirements.txt of the job's image: the pipeline's pinned dependencies and the `azureml` extra (with
+    distribution.nodes > 1 the job's training stages submit child jobs with azure-ai-ml), exactly as
+    pyproject.toml has them."""
     project = tomllib.loads(Path(pyproject).read_text())["project"]
     header = "# Generated from pyproject.toml by `python -m slmops.azureml requirements`; do not edit.\n"
-    return header + "".join(f"{dep}\n" for dep in project["dependencies"])
+    pins = [*project["dependencies"], *project["optional-dependencies"]["azureml"]]
+    return header + "".join(f"{dep}\n" for dep in pins)
 
 
 def environment(root: str | Path = "."):
