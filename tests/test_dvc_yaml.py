@@ -19,8 +19,8 @@ from conftest import ROOT
 PROJECT_PACKAGES = ("slmops", "stages")
 # Code that decides where a stage runs, not what it computes: not followed, not a dep, so that editing it reruns
 # nothing (as a changed azureml.yaml reruns nothing). slmops/azureml.py: in an Azure ML `dvc repro` job asked for
-# several nodes, slmops.train.parallel hands distill and finetune to it, and it runs the same stage module on
-# those nodes (its own files are then deps as usual). After fixing it, rerun with `dvc repro -f <stage>`.
+# several nodes, slmops.train.parallel hands distill and finetune to it, and it runs the same stage module (whose
+# code stays a dep) on those nodes. After a fix there that changes results: `dvc repro -f <stage>`.
 EXECUTORS = {"slmops/azureml.py"}
 DVC = yaml.safe_load((ROOT / "dvc.yaml").read_text())
 STAGES = DVC["stages"]
