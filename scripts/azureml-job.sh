@@ -11,6 +11,8 @@
 # AZURE_CLIENT_ID (a user-assigned identity; none: the compute's system-assigned one), AZURE_TOKEN_CREDENTIALS.
 # TEACHER_KEY_VAULT_URL + TEACHER_KEY_SECRET + TEACHER_KEY_ENV: an endpoint teacher's key, read from Key Vault
 # with the compute's identity into the variable TEACHER_KEY_ENV names; never part of the job definition.
+# SLMOPS_AZUREML_TRAINING (the config) + AZUREML_GIT_COMMIT: set when azureml.yaml asks for several nodes; distill
+# and finetune then train as multi-node child jobs and bring their outputs back (slmops.train.parallel).
 set -euo pipefail
 mkdir -p "${1:?usage: scripts/azureml-job.sh RESULTS_DIR}"
 out="$(cd "$1" && pwd)"

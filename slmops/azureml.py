@@ -12,17 +12,25 @@ changing the workspace or the VM size reruns nothing.
     python -m slmops.azureml secret VAULT_URL NAME   a Key Vault secret's value (in the job, with its identity)
     python -m slmops.azureml oidc-token FILE  a fresh GitHub OIDC token in FILE (AZURE_FEDERATED_TOKEN_FILE)
 
+Multi-node training (distribution.nodes > 1): the `dvc repro` job stays one node, one process; it carries the
+config in TRAINING_MARKER, and when DVC runs distill or finetune in it, the stage submits itself as a child
+training job (train_remotely: its dvc.yaml deps the snapshot lacks as inputs, its outs as one output), follows
+it and puts its outputs where dvc.yaml declares them. slmops.train.parallel.relaunched calls it.
+
 azure-ai-ml is imported inside the functions that need it: it is the `azureml` extra, not a pipeline dependency.
 """
 
 from __future__ import annotations
 
 import os
+import re
+import shlex
 import shutil
 import subprocess
 import sys
 import tempfile
 import tomllib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -41,6 +49,11 @@ JOB_COMMAND = "bash scripts/azureml-job.sh ${{outputs.results}}"
 UUID = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
 GENERATED = "# Generated from azureml.yaml by `python -m slmops.azureml dump`; at submission the commit is filled in.\n"
 EXIT_JOB_FAILED = 3  # the Azure ML job failed or was cancelled (1 is a failed gate, 2 bad input)
+# In the `dvc repro` job when distribution.nodes > 1: the config (JSON; names and ids only) with which distill and
+# finetune submit themselves as multi-node training jobs instead of training in that job.
+TRAINING_MARKER = "SLMOPS_AZUREML_TRAINING"
+TRAINED = "trained"  # a training job's one named output: its stage's outs, metrics and plots
+DOWNLOADS = Path(".slmops/azureml")  # where a training job's output lands before it replaces the stage's outputs
 
 
 # --- azureml.yaml -------------------------------------------------------------------------------------------
@@ -124,13 +137,46 @@ def load_config(path: str | Path = CONFIG_FILE) -> AzureML:
         raise InputError(f"{path}: Azure ML config not found (see the README, section Azure ML)")
     tree = read_yaml(path.read_text(), str(path))
     try:
-        return AzureMLFile.model_validate(tree).azureml
+        config = AzureMLFile.model_validate(tree).azureml
     except ValidationError as err:
-        problems = [
-            f"{path}: {'.'.join(map(str, e['loc'])) or '(top level)'}: {e['msg'].removeprefix('Value error, ')}"
-            for e in err.errors()
-        ]
-        raise InputError("invalid Azure ML config\n  " + "\n  ".join(problems)) from None
+        raise InputError("invalid Azure ML config\n  " + "\n  ".join(_problems(err, path, ()))) from None
+    _check_across_keys(config, str(path))
+    return config
+
+
+def _problems(err: ValidationError, where: str | Path, prefix: tuple[str, ...]) -> list[str]:
+    """One `<where>: <dotted key>: <what is wrong>` line per error of `err`."""
+    lines = []
+    for e in err.errors():
+        key = ".".join(map(str, (*prefix, *e["loc"]))) or "(top level)"
+        lines.append(f"{where}: {key}: {e['msg'].removeprefix('Value error, ')}")
+    return lines
+
+
+def _check_across_keys(config: AzureML, where: str) -> None:
+    """InputError for keys that are valid alone but not together: more nodes than the cluster may start."""
+    nodes, most = config.distribution.nodes, config.compute.max_instances
+    if nodes > most:
+        raise InputError(
+            f"invalid Azure ML config\n  {where}: azureml.distribution.nodes: {nodes} nodes, but "
+            f"azureml.compute.max_instances is {most}: the cluster cannot start them; raise max_instances or "
+            "lower nodes"
+        )
+
+
+def training_config() -> AzureML | None:
+    """The config the `dvc repro` job passed in TRAINING_MARKER (multi-node training asked for), else None.
+    InputError (exit 2) names the variable and the bad key."""
+    text = os.environ.get(TRAINING_MARKER)
+    if not text:
+        return None
+    where = f"environment variable {TRAINING_MARKER}"
+    try:
+        config = AzureML.model_validate_json(text)
+    except ValidationError as err:
+        raise InputError("invalid Azure ML config\n  " + "\n  ".join(_problems(err, where, ("azureml",)))) from None
+    _check_across_keys(config, where)
+    return config
 
 
 # --- git identity of the submission --------------------------------------------------------------------------
@@ -163,10 +209,13 @@ def git_identity(root: str | Path = ".") -> Git:
 
 
 def requirements_text(pyproject: str | Path = "pyproject.toml") -> str:
-    """requirements.txt of the job's image: the pipeline's pinned dependencies, exactly as pyproject.toml has them."""
+    """requirements.txt of the job's image: the pipeline's pinned dependencies and the `azureml` extra (with
+    distribution.nodes > 1 the job's training stages submit child jobs with azure-ai-ml), exactly as
+    pyproject.toml has them."""
     project = tomllib.loads(Path(pyproject).read_text())["project"]
     header = "# Generated from pyproject.toml by `python -m slmops.azureml requirements`; do not edit.\n"
-    return header + "".join(f"{dep}\n" for dep in project["dependencies"])
+    pins = [*project["dependencies"], *project["optional-dependencies"]["azureml"]]
+    return header + "".join(f"{dep}\n" for dep in pins)
 
 
 def environment(root: str | Path = "."):
@@ -214,11 +263,18 @@ def build_job(config: AzureML, git: Git, root: str | Path = "."):
     """The one command job running `dvc repro` (scripts/azureml-job.sh) in a snapshot of `root`.
 
     One node, one process, never `distribution`: Azure ML would start the command once per process, and
-    several `dvc repro` on the same stages at once. Multi-GPU training happens inside a stage (torchrun).
+    several `dvc repro` on the same stages at once. Multi-GPU training happens inside a stage (torchrun); with
+    distribution.nodes > 1 the job carries TRAINING_MARKER (the config) and AZUREML_GIT_COMMIT / _BRANCH (the
+    snapshot has no .git), and its training stages submit themselves as multi-node jobs (train_remotely).
     No `name`: Azure ML generates a unique one; the commit is in display_name and tags."""
     from azure.ai.ml import Output, command
     from azure.ai.ml.constants import AssetTypes
 
+    variables = job_environment_variables(config)
+    if config.distribution.nodes > 1:
+        variables.update(
+            {TRAINING_MARKER: config.model_dump_json(), "AZUREML_GIT_COMMIT": git.sha, "AZUREML_GIT_BRANCH": git.branch}
+        )
     return command(
         code=str(root),
         command=JOB_COMMAND,
@@ -230,28 +286,101 @@ def build_job(config: AzureML, git: Git, root: str | Path = "."):
         description="dvc pull, dvc repro, dvc push (scripts/azureml-job.sh); results: dvc.lock and reports",
         tags={"git_sha": git.sha, "git_branch": git.branch},
         outputs={RESULTS: Output(type=AssetTypes.URI_FOLDER)},
-        environment_variables=job_environment_variables(config),
+        environment_variables=variables,
         timeout=config.timeout_s,
     )
 
 
-def training_job(config: AzureML, module: str, git: Git, root: str | Path = "."):
-    """A multi-node training job for one stage module (e.g. stages.distill), launched per node with torchrun.
+@dataclass(frozen=True)
+class StageFiles:
+    """A training stage's files as dvc.yaml declares them (paths relative to the repository root)."""
 
-    Per-node launch (process_count_per_instance=1, torchrun starts processes_per_node workers on each node)
-    rather than Azure ML's per-process launch: the stage's code then runs the same under `torchrun` on a
-    laptop, a GPU runner and Azure ML, and torchrun restarts workers and owns the rendezvous. Azure ML sets
-    MASTER_ADDR, MASTER_PORT and NODE_RANK on each node. The node count is passed as a literal."""
-    from azure.ai.ml import PyTorchDistribution, command
+    inputs: tuple[str, ...]  # deps the code snapshot lacks (.amlignore leaves them out): the job's Inputs
+    outputs: tuple[str, ...]  # outs, metrics and plots: what the job's output `trained` brings back
 
+
+def stage_files(module: str, root: str | Path = ".") -> StageFiles:
+    """The files of the dvc.yaml stage whose cmd is `python -m <module>`, read from DVC's own index (templating
+    resolved): its deps that the root ignore file keeps out of the code snapshot, judged file by file with the
+    SDK's own matcher (so they must travel as job inputs), and all its outputs. InputError when no stage runs
+    `module` or a dep is missing."""
+    from azure.ai.ml._utils._asset_utils import get_ignore_file
+    from dvc.dependency.param import ParamsDependency
+    from dvc.repo import Repo
+
+    root = Path(root)
+    with Repo(str(root)) as repo:
+        stages = [stage for stage in repo.index.stages if stage.cmd == f"python -m {module}"]
+        if len(stages) != 1:
+            raise InputError(f"{root / 'dvc.yaml'}: no stage has cmd `python -m {module}`")
+        deps = [str(dep.def_path) for dep in stages[0].deps if not isinstance(dep, ParamsDependency)]
+        outs = tuple(str(out.def_path) for out in stages[0].outs)
+    missing = [dep for dep in deps if not (root / dep).exists()]
+    if missing:  # dvc repro runs a stage only once its deps exist
+        raise InputError(f"{root / 'dvc.yaml'}: deps {missing} of the stage running {module} are missing")
+    ignore = get_ignore_file(root)
+
+    def excluded(path: Path) -> bool:
+        files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
+        return any(ignore.is_file_excluded(file.resolve()) for file in files)
+
+    return StageFiles(inputs=tuple(dep for dep in deps if excluded(root / dep)), outputs=outs)
+
+
+def input_name(path: str) -> str:
+    """A job input's name for a repository path: models/teacher -> models_teacher (letters, digits, _)."""
+    return re.sub(r"\W", "_", path).lower()
+
+
+def training_command(config: AzureML, module: str, files: StageFiles | None = None) -> str:
+    """The command each node of a training job runs (per-node launch: torchrun starts processes_per_node workers).
+
+    With `files`: first each input is linked where dvc.yaml has it (the snapshot lacks it); after training, node 0
+    (global rank 0 is on it, and only rank 0 writes) copies the outputs, at their repository paths, into `trained`.
+    """
     dist = config.distribution
     launch = (
         f"torchrun --nnodes {dist.nodes} --nproc_per_node {dist.processes_per_node} --node_rank $NODE_RANK "
         f"--master_addr $MASTER_ADDR --master_port $MASTER_PORT -m {module}"
     )
+    if files is None:
+        return launch
+    place = [
+        f"rm -rf {shlex.quote(path)} && mkdir -p {shlex.quote(str(Path(path).parent))} && "
+        f"ln -s ${{{{inputs.{input_name(path)}}}}} {shlex.quote(path)}"
+        for path in files.inputs
+    ]
+    outputs = " ".join(shlex.quote(path) for path in files.outputs)
+    collect = f'if [ "$NODE_RANK" = 0 ]; then cp -R --parents {outputs} ${{{{outputs.{TRAINED}}}}}/; fi'
+    return " && ".join([*place, launch, collect])
+
+
+def training_job(config: AzureML, module: str, git: Git, root: str | Path = ".", files: StageFiles | None = None):
+    """A multi-node training job for one stage module (e.g. stages.distill), launched per node with torchrun.
+
+    Per-node launch (process_count_per_instance=1, torchrun starts processes_per_node workers on each node)
+    rather than Azure ML's per-process launch: the stage's code then runs the same under `torchrun` on a
+    laptop, a GPU runner and Azure ML, and torchrun restarts workers and owns the rendezvous. Azure ML sets
+    MASTER_ADDR, MASTER_PORT and NODE_RANK on each node. The node count is passed as a literal.
+
+    With `files` (stage_files), each input path under `root` is a uri_folder (uri_file) Input the SDK uploads,
+    and the one output `trained` receives the stage's outputs (training_command)."""
+    from azure.ai.ml import Input, Output, PyTorchDistribution, command
+    from azure.ai.ml.constants import AssetTypes
+
+    dist = config.distribution
+    inputs, outputs = {}, {}
+    if files is not None:
+        for path in files.inputs:
+            local = Path(root, path).resolve()
+            kind = AssetTypes.URI_FOLDER if local.is_dir() else AssetTypes.URI_FILE
+            inputs[input_name(path)] = Input(type=kind, path=str(local))
+        outputs[TRAINED] = Output(type=AssetTypes.URI_FOLDER)
     return command(
         code=str(root),
-        command=launch,
+        command=training_command(config, module, files),
+        inputs=inputs,
+        outputs=outputs,
         environment=environment(root),
         compute=config.compute.name,
         instance_count=dist.nodes,
@@ -432,6 +561,57 @@ def cancel(ml_client, name: str) -> None:
     """Cancel the job (the workflow's `if: cancelled()` step) and wait for the service to accept it."""
     ml_client.jobs.begin_cancel(name).result()
     print(f"cancelled Azure ML job {name}", file=sys.stderr)
+
+
+def fetch_trained(ml_client, name: str, outputs: Sequence[str], root: str | Path = ".") -> None:
+    """Download a training job's output `trained` and move each of `outputs` (repository paths) into place,
+    replacing what is there. JobDidNotComplete, and nothing moved, when any of them is missing from it."""
+    root = Path(root)
+    (root / DOWNLOADS).mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=root / DOWNLOADS) as tmp:
+        ml_client.jobs.download(name, output_name=TRAINED, download_path=tmp)
+        trained = Path(tmp) / "named-outputs" / TRAINED
+        missing = [path for path in outputs if not (trained / path).exists()]
+        if missing:
+            raise JobDidNotComplete(f"Azure ML job {name}: its `{TRAINED}` output lacks {missing}")
+        for path in outputs:
+            target = root / path
+            target.parent.mkdir(parents=True, exist_ok=True)
+            old = Path(tmp) / "replaced" / path
+            if target.exists():
+                old.parent.mkdir(parents=True, exist_ok=True)
+                target.rename(old)
+            (trained / path).rename(target)
+
+
+def train_remotely(module: str, config: AzureML, root: str | Path = ".") -> str:
+    """Run stage `module` as a multi-node training job and bring its outputs back; the job's name.
+
+    In the `dvc repro` job (TRAINING_MARKER set), with the compute's managed identity: the stage's deps the code
+    snapshot lacks go up as inputs, the job trains on distribution.nodes x processes_per_node processes, and its
+    outputs land where dvc.yaml declares them, for DVC to cache. JobDidNotComplete when the job fails, is
+    cancelled or returns too little (nothing is written then); InputError for a stage dvc.yaml does not know.
+    Interrupted while it runs (KeyboardInterrupt), the job is cancelled."""
+    root = Path(root)
+    files = stage_files(module, root)
+    git = git_identity(root)
+    ml_client = client(config)
+    name = ml_client.jobs.create_or_update(training_job(config, module, git, root, files)).name
+    dist = config.distribution
+    print(
+        f"{module}: submitted Azure ML training job {name} ({dist.nodes} nodes x {dist.processes_per_node} "
+        f"processes; inputs {list(files.inputs)})",
+        file=sys.stderr,
+        flush=True,
+    )
+    try:
+        follow(ml_client, name)
+    except KeyboardInterrupt:  # the stage stopped (Ctrl-C, SIGTERM): its nodes must not run on, billed
+        cancel(ml_client, name)
+        raise
+    fetch_trained(ml_client, name, files.outputs, root)
+    print(f"{module}: {', '.join(files.outputs)} from Azure ML job {name}", file=sys.stderr, flush=True)
+    return name
 
 
 def run(ml_client, config: AzureML, git: Git, root: str | Path = ".") -> str:

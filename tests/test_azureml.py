@@ -121,6 +121,79 @@ def test_a_multi_node_training_job_launches_torchrun_once_per_node(config, tmp_p
     assert as_json(load_job(tmp_path / "train.yml")._to_job()._to_dict()) == as_json(job._to_dict())
 
 
+def test_a_multi_node_config_marks_the_dvc_repro_job_for_its_training_stages(config, tmp_path):
+    """nodes > 1: the one-node job carries the config (names and ids) and the commit, which its training stages
+    need to submit themselves (the snapshot has no .git); with one node, neither."""
+    assert azureml.TRAINING_MARKER not in azureml.build_job(config, GIT, ROOT).environment_variables
+    path = write_config(tmp_path, **{"compute.max_instances": 4, "distribution.nodes": 4})
+    multi = azureml.load_config(path)
+    job = azureml.build_job(multi, GIT, ROOT)._to_job()
+    assert job.distribution is None and job.resources.instance_count == 1  # still one `dvc repro`
+    variables = job.environment_variables
+    assert variables["AZUREML_GIT_COMMIT"] == GIT.sha and variables["AZUREML_GIT_BRANCH"] == "feature"
+    assert azureml.AzureML.model_validate_json(variables[azureml.TRAINING_MARKER]) == multi
+    assert variables.items() >= azureml.job_environment_variables(multi).items()
+
+
+def test_a_stage_training_job_places_its_inputs_and_returns_its_outputs(config, tmp_path):
+    multi = config.model_copy(update={"distribution": azureml.Distribution(nodes=2, processes_per_node=4)})
+    subprocess.run(["cp", "-R", str(ROOT / "azureml"), str(tmp_path / "azureml")], check=True)  # the image
+    (tmp_path / "models/teacher").mkdir(parents=True)
+    (tmp_path / "data/synthetic").mkdir(parents=True)
+    files = azureml.StageFiles(
+        inputs=("models/teacher", "data/synthetic"), outputs=("models/student", "reports/distill.json")
+    )
+    node = azureml.training_job(multi, "stages.distill", GIT, tmp_path, files)
+    assert node._validate().passed, node._validate().error_messages
+    job = node._to_job()
+    assert job._validate() is None  # every ${{inputs.X}} / ${{outputs.Y}} of the command is declared
+    assert {name: (i.type, i.path) for name, i in job.inputs.items()} == {
+        "models_teacher": ("uri_folder", str(tmp_path / "models/teacher")),
+        "data_synthetic": ("uri_folder", str(tmp_path / "data/synthetic")),
+    }
+    assert list(job.outputs) == ["trained"] and job.outputs["trained"].type == "uri_folder"
+    assert job.command == (
+        "rm -rf models/teacher && mkdir -p models && ln -s ${{inputs.models_teacher}} models/teacher && "
+        "rm -rf data/synthetic && mkdir -p data && ln -s ${{inputs.data_synthetic}} data/synthetic && "
+        "torchrun --nnodes 2 --nproc_per_node 4 --node_rank $NODE_RANK --master_addr $MASTER_ADDR "
+        "--master_port $MASTER_PORT -m stages.distill && "
+        'if [ "$NODE_RANK" = 0 ]; then cp -R --parents models/student reports/distill.json ${{outputs.trained}}/; fi'
+    )
+    job.dump(tmp_path / "train.yml")
+    assert as_json(load_job(tmp_path / "train.yml")._to_job()._to_dict()) == as_json(job._to_dict())
+
+
+def test_stage_files_are_read_from_dvc_yaml(tmp_path):
+    """The deps .amlignore keeps out of the snapshot (built by upstream stages) and the outs, metrics and plots,
+    as DVC resolves dvc.yaml; a missing dep or an unknown module is an input error."""
+    from dvc.repo import Repo
+
+    for name in ("dvc.yaml", "params.yaml", ".amlignore"):
+        subprocess.run(["cp", str(ROOT / name), str(tmp_path / name)], check=True)
+    Repo.init(str(tmp_path), no_scm=True).close()
+    with pytest.raises(InputError, match=r"deps \['stages/finetune.py'.*running stages.finetune are missing"):
+        azureml.stage_files("stages.finetune", tmp_path)
+    for dep in ("stages/finetune.py", "slmops/__init__.py", "slmops/core/x.py", "slmops/train/data.py"):
+        (tmp_path / dep).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / dep).write_text("")
+    for dep in ("lora", "losses", "parallel", "trainer"):
+        (tmp_path / f"slmops/train/{dep}.py").write_text("")
+    subprocess.run(["cp", "-R", str(ROOT / "data"), str(tmp_path / "data")], check=True)
+    (tmp_path / "models/student").mkdir(parents=True)
+    (tmp_path / "models/student/model.safetensors").write_bytes(b"weights")
+    assert azureml.stage_files("stages.finetune", tmp_path) == azureml.StageFiles(
+        inputs=("models/student",),
+        outputs=(
+            "models/finetuned",
+            "models/adapter",
+            "reports/finetune.json",
+            "reports/train/finetune/plots/metrics",
+        ),
+    )
+    with pytest.raises(InputError, match="no stage has cmd `python -m stages.nothing`"):
+        azureml.stage_files("stages.nothing", tmp_path)
+
+
 def test_committed_job_and_compute_yaml_are_current(config):
     """Reviewers read azureml/job.yml to see what runs: `python -m slmops.azureml dump` rewrites it."""
     expected_job = azureml.GENERATED + azureml.job_yaml(azureml.build_job(config, azureml.DUMP_GIT, ROOT), ROOT)
@@ -136,7 +209,7 @@ def test_the_image_requirements_are_the_pipeline_pins(config):
     pins = [line for line in text.splitlines() if not line.startswith("#")]
     assert all(re.fullmatch(r"[\w.\-\[\]]+==[\w.]+", pin) for pin in pins), pins
     assert "torch==2.13.0" in pins and "dvc-azure==3.1.1" in pins and "azure-keyvault-secrets==4.12.0" in pins
-    assert not [pin for pin in pins if pin.startswith("azure-ai-ml")]  # the submitting side's, not the job's
+    assert "azure-ai-ml==1.35.2" in pins  # the job's training stages submit multi-node jobs
     assert "COPY requirements.txt" in (ROOT / "azureml/env/Dockerfile").read_text()
 
 
@@ -149,6 +222,10 @@ def test_the_image_requirements_are_the_pipeline_pins(config):
         ({"teacher_key.secret": "key"}, "azureml.teacher_key: vault_url, secret and env: give all three or none"),
         ({"compute.min_instances": 1}, "azureml.compute.min_instances: Extra inputs are not permitted"),
         ({"storage.account": "Not_An_Account"}, "azureml.storage.account: String should match pattern"),
+        (
+            {"distribution.nodes": 2},
+            "azureml.distribution.nodes: 2 nodes, but azureml.compute.max_instances is 1: the cluster cannot start",
+        ),
     ],
 )
 def test_a_bad_config_names_the_file_and_key_and_exits_2(tmp_path, capsys, change, message):

@@ -298,6 +298,35 @@ def test_process_count_auto_and_more_processes_than_gpus(monkeypatch):
         process_count(default("training", processes=4))
 
 
+def test_the_world_of_a_launcher_or_of_azure_ml_nodes_decides_the_batch_split(monkeypatch):
+    """Under torchrun (one or several nodes) the processes are its WORLD_SIZE, all nodes together, whatever
+    training.processes says; in an Azure ML `dvc repro` job asked for nodes, nodes x processes_per_node."""
+    from slmops import azureml
+    from slmops.core.errors import InputError
+    from slmops.train.parallel import check_batch_split, is_main_process, process_count
+
+    training = default("training", processes=1)
+    monkeypatch.setenv("LOCAL_RANK", "0")  # what torchrun sets in each worker: rank 3 of 2 nodes x 2 processes
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("RANK", "3")
+    assert process_count(training) == 4 and not is_main_process()
+    check_batch_split(8, training, "distill.train.batch_size")
+    with pytest.raises(InputError, match="6 examples per step do not split over the launcher's WORLD_SIZE x"):
+        check_batch_split(6, training, "distill.train.batch_size")
+    for name in ("LOCAL_RANK", "LOCAL_WORLD_SIZE", "WORLD_SIZE", "RANK"):
+        monkeypatch.delenv(name)
+    config = azureml.load_config(ROOT / "azureml.yaml")
+    nodes = config.model_copy(
+        update={
+            "compute": config.compute.model_copy(update={"max_instances": 3}),
+            "distribution": azureml.Distribution(nodes=3, processes_per_node=2),
+        }
+    )
+    monkeypatch.setenv(azureml.TRAINING_MARKER, nodes.model_dump_json())
+    assert process_count(training) == 6 and is_main_process()
+
+
 @pytest.mark.parametrize(
     ("value", "message"), [(0, "0 processes; give 1 or more, or auto"), ("all", "Input should be 'auto'")]
 )
