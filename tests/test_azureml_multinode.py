@@ -128,14 +128,16 @@ def test_distill_trains_on_two_nodes_and_its_outputs_land_where_dvc_yaml_declare
 @pytest.mark.slow
 def test_a_failed_training_job_exits_3_and_writes_nothing(fake, tmp_path, tiny_hf_dir, labelled, tokenizer):
     folder = as_job_snapshot(distill_project(tmp_path / "p", tiny_hf_dir, labelled, tokenizer, 1))
-    (folder / "data/synthetic/meta.json").write_text("{")  # every node's stage fails on it
+    # Every node's command fails (an image without torchrun): at once, where a failing stage would first spend
+    # seconds per node importing torch; the stage's side of a Failed job is the same.
+    fake.node_env["PATH"] = "/usr/bin:/bin"
 
     result = run_stage(folder, "distill", SLMOPS_AZUREML_TRAINING=marker(), AZUREML_GIT_COMMIT=SHA)
 
     assert result.returncode == azureml.EXIT_JOB_FAILED == 3, result.stderr[-3000:]
     [name] = fake.runs
     assert f"error: stages.distill: Azure ML job {name} failed" in result.stderr
-    assert fake.runs[name].status() == "Failed"
+    assert fake.runs[name].status() == "Failed" and "torchrun: command not found" in fake.runs[name].log(0)
     assert not (folder / "models/student").exists() and not (folder / "reports").exists()
     assert not (folder / azureml.DOWNLOADS).exists()  # nothing downloaded
 
