@@ -45,7 +45,13 @@ ENV_DIR = Path("azureml/env")
 JOB_YAML = Path("azureml/job.yml")
 COMPUTE_YAML = Path("azureml/compute.yml")
 RESULTS = "results"  # the job's one named output
-JOB_COMMAND = "bash scripts/azureml-job.sh ${{outputs.results}}"
+CHECKPOINTS = "checkpoints"  # a job's mounted output for training checkpoints (slmops.train.parallel.CHECKPOINTS_ENV)
+# Training checkpoints go to the mounted output, not the node's disk: a preempted low-priority job restarts on
+# another node under the same name and output paths, and resumes from them.
+CHECKPOINTS_VARIABLE = "SLMOPS_CHECKPOINTS"  # where slmops.train.parallel writes checkpoints when set
+JOB_COMMAND = (
+    f"{CHECKPOINTS_VARIABLE}=${{{{outputs.{CHECKPOINTS}}}}} bash scripts/azureml-job.sh ${{{{outputs.results}}}}"
+)
 UUID = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
 GENERATED = "# Generated from azureml.yaml by `python -m slmops.azureml dump`; at submission the commit is filled in.\n"
 EXIT_JOB_FAILED = 3  # the Azure ML job failed or was cancelled (1 is a failed gate, 2 bad input)
@@ -285,10 +291,19 @@ def build_job(config: AzureML, git: Git, root: str | Path = "."):
         display_name=f"dvc repro {git.sha[:8]}",
         description="dvc pull, dvc repro, dvc push (scripts/azureml-job.sh); results: dvc.lock and reports",
         tags={"git_sha": git.sha, "git_branch": git.branch},
-        outputs={RESULTS: Output(type=AssetTypes.URI_FOLDER)},
+        outputs={RESULTS: Output(type=AssetTypes.URI_FOLDER), CHECKPOINTS: checkpoints_output()},
         environment_variables=variables,
         timeout=config.timeout_s,
     )
+
+
+def checkpoints_output():
+    """The output training checkpoints are written to: mounted read-write (rw_mount), so that each save lands in
+    the datastore as it is written, not at the end of a job that may be preempted first."""
+    from azure.ai.ml import Output
+    from azure.ai.ml.constants import AssetTypes, InputOutputModes
+
+    return Output(type=AssetTypes.URI_FOLDER, mode=InputOutputModes.RW_MOUNT)
 
 
 @dataclass(frozen=True)
@@ -335,11 +350,13 @@ def input_name(path: str) -> str:
 def training_command(config: AzureML, module: str, files: StageFiles | None = None) -> str:
     """The command each node of a training job runs (per-node launch: torchrun starts processes_per_node workers).
 
-    With `files`: first each input is linked where dvc.yaml has it (the snapshot lacks it); after training, node 0
+    Checkpoints go to the job's mounted output `checkpoints`, which every node reads on a resume. With `files`:
+    first each input is linked where dvc.yaml has it (the snapshot lacks it); after training, node 0
     (global rank 0 is on it, and only rank 0 writes) copies the outputs, at their repository paths, into `trained`.
     """
     dist = config.distribution
     launch = (
+        f"{CHECKPOINTS_VARIABLE}=${{{{outputs.{CHECKPOINTS}}}}} "
         f"torchrun --nnodes {dist.nodes} --nproc_per_node {dist.processes_per_node} --node_rank $NODE_RANK "
         f"--master_addr $MASTER_ADDR --master_port $MASTER_PORT -m {module}"
     )
@@ -369,7 +386,7 @@ def training_job(config: AzureML, module: str, git: Git, root: str | Path = ".",
     from azure.ai.ml.constants import AssetTypes
 
     dist = config.distribution
-    inputs, outputs = {}, {}
+    inputs, outputs = {}, {CHECKPOINTS: checkpoints_output()}
     if files is not None:
         for path in files.inputs:
             local = Path(root, path).resolve()

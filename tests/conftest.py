@@ -114,6 +114,53 @@ def run_stage(cwd, stage, **env):
     return subprocess.CompletedProcess(command, code, out.getvalue(), err.getvalue())
 
 
+def in_process_measure(*args, **kwargs) -> dict:
+    """slmops.eval.benchmark.measure with its child process's code (_child) run in this process on the same JSON
+    job (a child would spend seconds importing torch again, four times per evaluate)."""
+    from slmops.eval import benchmark
+
+    def run_child(command, input, **_):
+        out = io.StringIO()
+        with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(out):
+            patch.setattr(sys, "stdin", io.StringIO(input))
+            benchmark._child()
+        return subprocess.CompletedProcess(command, 0, out.getvalue(), "")
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(benchmark.subprocess, "run", run_child)
+        return benchmark.measure(*args, **kwargs)
+
+
+def in_process_export(command: list[str], what: str, cwd: Path, env: dict | None = None) -> None:
+    """slmops.onnx.export._run for its two commands, `python -m onnxruntime_genai.models.builder ...` and
+    `python -m olive run ...`, run in this process as their `-m` would run them (a child would spend seconds
+    importing torch again); a failure raises as _run's does."""
+    import runpy
+
+    assert command[:2] == [sys.executable, "-m"], command
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(sys, "argv", [command[2], *command[3:]])
+        patch.chdir(cwd)
+        for name, value in (env or {}).items():
+            patch.setenv(name, value)
+        try:
+            runpy.run_module(command[2], run_name="__main__", alter_sys=True)
+        except SystemExit as exit_:
+            if exit_.code not in (None, 0):
+                raise RuntimeError(f"{what} failed (exit {exit_.code})") from None
+
+
+def in_process_children(patch: pytest.MonkeyPatch) -> None:
+    """evaluate's speed children and quantize's builder and Olive commands run in this process, for tests that
+    run stages to check something else than those children (tests/test_evaluate.py, tests/test_export.py and the
+    end-to-end tests run them as the pipeline does)."""
+    from slmops.eval import evaluate
+    from slmops.onnx import export
+
+    patch.setattr(evaluate, "measure", in_process_measure)
+    patch.setattr(export, "_run", in_process_export)
+
+
 @pytest.fixture()
 def project(tmp_path, monkeypatch):
     """A copy of the project's params, schema and data in a temporary working directory."""

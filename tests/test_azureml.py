@@ -54,8 +54,10 @@ def test_the_job_is_one_process_on_a_cluster_with_a_time_limit_and_one_named_out
     assert job.distribution is None  # several `dvc repro` on the same stages at once otherwise
     assert job.resources.instance_count == 1
     assert job.compute == "gpu-cluster" and job.limits.timeout == 10800
-    assert list(job.outputs) == ["results"] and job.outputs["results"].type == "uri_folder"
-    assert job.command == "bash scripts/azureml-job.sh ${{outputs.results}}"
+    assert list(job.outputs) == ["results", "checkpoints"] and job.outputs["results"].type == "uri_folder"
+    # training checkpoints on a read-write mounted output: a preempted job's restart resumes from them
+    assert (job.outputs["checkpoints"].type, job.outputs["checkpoints"].mode) == ("uri_folder", "rw_mount")
+    assert job.command == "SLMOPS_CHECKPOINTS=${{outputs.checkpoints}} bash scripts/azureml-job.sh ${{outputs.results}}"
     assert job.name is None  # Azure ML generates a unique name; the commit is in display_name and tags
     assert job.display_name == "dvc repro 12345670" and job.tags == {"git_sha": GIT.sha, "git_branch": "feature"}
     env = job.environment
@@ -113,7 +115,11 @@ def test_a_multi_node_training_job_launches_torchrun_once_per_node(config, tmp_p
     assert job._validate() is None
     assert job.resources.instance_count == 2
     assert job.distribution.type == "pytorch" and job.distribution.process_count_per_instance == 1
-    assert job.command.startswith("torchrun --nnodes 2 --nproc_per_node 4 --node_rank $NODE_RANK ")
+    # checkpoints on the job's read-write mounted output, which every node reads on a resume after preemption
+    assert job.command.startswith(
+        "SLMOPS_CHECKPOINTS=${{outputs.checkpoints}} torchrun --nnodes 2 --nproc_per_node 4 --node_rank $NODE_RANK "
+    )
+    assert job.outputs["checkpoints"].mode == "rw_mount"
     assert job.command.endswith("-m stages.distill")
     job.dump(tmp_path / "train.yml")
     dumped = yaml.safe_load((tmp_path / "train.yml").read_text())
@@ -151,11 +157,12 @@ def test_a_stage_training_job_places_its_inputs_and_returns_its_outputs(config, 
         "models_teacher": ("uri_folder", str(tmp_path / "models/teacher")),
         "data_synthetic": ("uri_folder", str(tmp_path / "data/synthetic")),
     }
-    assert list(job.outputs) == ["trained"] and job.outputs["trained"].type == "uri_folder"
+    assert sorted(job.outputs) == ["checkpoints", "trained"] and job.outputs["trained"].type == "uri_folder"
     assert job.command == (
         "rm -rf models/teacher && mkdir -p models && ln -s ${{inputs.models_teacher}} models/teacher && "
         "rm -rf data/synthetic && mkdir -p data && ln -s ${{inputs.data_synthetic}} data/synthetic && "
-        "torchrun --nnodes 2 --nproc_per_node 4 --node_rank $NODE_RANK --master_addr $MASTER_ADDR "
+        "SLMOPS_CHECKPOINTS=${{outputs.checkpoints}} torchrun --nnodes 2 --nproc_per_node 4 --node_rank $NODE_RANK "
+        "--master_addr $MASTER_ADDR "
         "--master_port $MASTER_PORT -m stages.distill && "
         'if [ "$NODE_RANK" = 0 ]; then cp -R --parents models/student reports/distill.json ${{outputs.trained}}/; fi'
     )

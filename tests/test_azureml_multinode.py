@@ -94,7 +94,13 @@ def test_distill_trains_on_two_nodes_and_its_outputs_land_where_dvc_yaml_declare
         "data_synthetic": "uri_folder",
     }
     assert all("/paths/LocalUpload/" in v["uri"] for v in job["inputs"].values())
-    assert {k: v["jobOutputType"] for k, v in job["outputs"].items()} == {"trained": "uri_folder"}
+    assert {k: v["jobOutputType"] for k, v in job["outputs"].items()} == {
+        "trained": "uri_folder",
+        "checkpoints": "uri_folder",
+    }
+    # every node reads the checkpoints on a resume: one read-write mounted output for all of them
+    assert job["outputs"]["checkpoints"]["mode"] == "ReadWriteMount"
+    assert job["command"].count("SLMOPS_CHECKPOINTS=${{outputs.checkpoints}} torchrun ") == 1
     snapshot = uploaded_snapshot(fake)
     assert "stages/distill.py" in snapshot and "params.yaml" in snapshot and "data/task/task.yaml" in snapshot
     assert not [n for n in snapshot if n.startswith(("models/", "data/synthetic/", ".dvc/tmp", ".slmops/"))]

@@ -94,13 +94,20 @@ def test_submit_streams_checks_the_status_and_brings_the_results_into_the_checko
     assert f"Azure ML job {name}: 3 files of `results` copied into the checkout" in out.err
 
     props = job_body(fake)["properties"]
-    assert props["command"] == "bash scripts/azureml-job.sh ${{outputs.results}}"
+    assert (
+        props["command"]
+        == "SLMOPS_CHECKPOINTS=${{outputs.checkpoints}} bash scripts/azureml-job.sh ${{outputs.results}}"
+    )
     assert props["computeId"].endswith("/computes/gpu-cluster")
     assert props["environmentId"].split("/environments/")[1].startswith("CliV2AnonymousEnvironment/versions/")
     assert props["displayName"] == "dvc repro c0ffee00"
     assert props["tags"] == {"git_sha": "c0ffee" + "0" * 34, "git_branch": "feature/azureml"}
     assert props["limits"]["timeout"] in ("PT3H", "PT10800S")
     assert props["outputs"]["results"]["jobOutputType"] == "uri_folder"
+    assert (props["outputs"]["checkpoints"]["jobOutputType"], props["outputs"]["checkpoints"]["mode"]) == (
+        "uri_folder",
+        "ReadWriteMount",
+    )
     assert props["resources"]["instanceCount"] == 1 and "distribution" not in props
     assert props["environmentVariables"] == {
         "DVC_NO_ANALYTICS": "1",

@@ -11,31 +11,23 @@ per process):
 Olive runs in the student role only: there it exports the family's own architecture with the family's tokenizer,
 end tokens and template; the teacher role's student is a Llama, which Olive exports in tests/test_export.py.
 The family's model is first taught the task briefly (a random-weight teacher would answer nothing valid).
-evaluate's speed measurement and quantize's builder and Olive commands run in this process (in_process_measure,
-in_process_export): the matrix checks that each family's models export, run and answer; the child processes the
-stages use are tested in tests/test_evaluate.py, tests/test_export.py and the end-to-end tests.
+evaluate's speed measurement and quantize's builder and Olive commands run in this process (conftest's
+in_process_children): the matrix checks that each family's models export, run and answer; the child processes
+the stages use are tested in tests/test_evaluate.py, tests/test_export.py and the end-to-end tests.
 """
 
-import contextlib
 import importlib
-import io
 import json
 import os
-import runpy
 import shutil
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import yaml
-from conftest import ROOT, run_stage
+from conftest import ROOT, in_process_children, run_stage
 from families import FAMILIES, SPECS, build
 from transformers import AutoConfig, AutoTokenizer, GenerationConfig
-
-from slmops.eval import benchmark, evaluate
-from slmops.onnx import export
 
 pytestmark = pytest.mark.slow  # a module-scoped run of every stage per family
 
@@ -226,45 +218,11 @@ def with_engine(root: Path, engine: str) -> None:
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
 
-def in_process_measure(*args, **kwargs) -> dict:
-    """slmops.eval.benchmark.measure with its child process's code (_child) run in this process on the same JSON
-    job (a child would spend seconds importing torch again, four times per evaluate)."""
-
-    def run_child(command, input, **_):
-        out = io.StringIO()
-        with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(out):
-            patch.setattr(sys, "stdin", io.StringIO(input))
-            benchmark._child()
-        return subprocess.CompletedProcess(command, 0, out.getvalue(), "")
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(benchmark.subprocess, "run", run_child)
-        return benchmark.measure(*args, **kwargs)
-
-
-def in_process_export(command: list[str], what: str, cwd: Path, env: dict | None = None) -> None:
-    """slmops.onnx.export._run for its two commands, `python -m onnxruntime_genai.models.builder ...` and
-    `python -m olive run ...`, run in this process as their `-m` would run them (a child would spend seconds
-    importing torch again, three times per family); a failure raises as _run's does."""
-    assert command[:2] == [sys.executable, "-m"], command
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(sys, "argv", [command[2], *command[3:]])
-        patch.chdir(cwd)
-        for name, value in (env or {}).items():
-            patch.setenv(name, value)
-        try:
-            runpy.run_module(command[2], run_name="__main__", alter_sys=True)
-        except SystemExit as exit_:
-            if exit_.code not in (None, 0):
-                raise RuntimeError(f"{what} failed (exit {exit_.code})") from None
-
-
 @pytest.fixture(scope="module", params=FAMILIES)
 def matrix(request, tmp_path_factory):
     """(family, teacher-role Run, student-role Run) for one family: every stage's outcome and seconds."""
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(evaluate, "measure", in_process_measure)
-        patch.setattr(export, "_run", in_process_export)
+        in_process_children(patch)
         return run_matrix(request.param, tmp_path_factory)
 
 

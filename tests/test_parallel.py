@@ -5,6 +5,7 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -338,3 +339,15 @@ def test_a_bad_process_count_is_refused_with_the_key(value, message):
     with pytest.raises(InputError) as err:
         parse_params(text, "params.yaml", check_paths=False)
     assert "training.processes" in str(err.value) and message in str(err.value)
+
+
+def test_checkpoints_go_where_slmops_checkpoints_says(monkeypatch, tmp_path):
+    """In an Azure ML job, SLMOPS_CHECKPOINTS is its mounted output `checkpoints` (slmops.azureml.JOB_COMMAND)."""
+    from slmops.train.parallel import checkpoint_dir, remove_checkpoints
+
+    assert checkpoint_dir("distill", "abc") == Path(".slmops/checkpoints/distill/abc")
+    monkeypatch.setenv("SLMOPS_CHECKPOINTS", str(tmp_path / "mounted"))
+    assert checkpoint_dir("distill", "abc") == tmp_path / "mounted/distill/abc"
+    checkpoint_dir("distill", "abc").mkdir(parents=True)
+    remove_checkpoints("distill")
+    assert list((tmp_path / "mounted").iterdir()) == []

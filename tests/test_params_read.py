@@ -10,7 +10,7 @@ import shutil
 
 import pytest
 import yaml
-from conftest import ROOT, TINY_TEACHER
+from conftest import ROOT, TINY_TEACHER, in_process_children
 from fake_endpoint import FakeTeacher
 from pydantic import BaseModel
 
@@ -104,6 +104,7 @@ def reads(tmp_path_factory):
     """{stage: keys read} for the whole pipeline on the bootstrap default, then teacher, endpoint and synthesize
     with an endpoint teacher (the fault-free FakeTeacher on 127.0.0.1)."""
     monkeypatch = pytest.MonkeyPatch()
+    in_process_children(monkeypatch)  # they read no params
     found = {}
     try:
         local = tmp_path_factory.mktemp("local")

@@ -24,6 +24,9 @@ from slmops.core.config import Training
 from slmops.core.errors import InputError
 
 CHECKPOINTS = Path(".slmops/checkpoints")  # outside DVC's outputs, which a rerun deletes first
+# Another folder for them, one that outlives this machine: in an Azure ML job, its mounted output `checkpoints`
+# (slmops.azureml), where a preempted low-priority job's restart and every node of a multi-node job find them.
+CHECKPOINTS_ENV = azureml.CHECKPOINTS_VARIABLE
 
 
 def launched() -> bool:
@@ -114,11 +117,16 @@ def relaunched(module: str, training: Training) -> bool:
     return True
 
 
+def checkpoints_root() -> Path:
+    """$SLMOPS_CHECKPOINTS when set (CHECKPOINTS_ENV), else .slmops/checkpoints in the working directory."""
+    return Path(os.environ.get(CHECKPOINTS_ENV) or CHECKPOINTS)
+
+
 def checkpoint_dir(stage: str, fingerprint: str) -> Path:
     """Where a stage's run with this fingerprint (slmops.train.trainer.run_fingerprint) keeps its checkpoints."""
-    return CHECKPOINTS / stage / fingerprint
+    return checkpoints_root() / stage / fingerprint
 
 
 def remove_checkpoints(stage: str) -> None:
     """Drop every checkpoint of `stage` once its outputs are written (main process only)."""
-    shutil.rmtree(CHECKPOINTS / stage, ignore_errors=True)
+    shutil.rmtree(checkpoints_root() / stage, ignore_errors=True)
