@@ -46,8 +46,8 @@ JOB_YAML = Path("azureml/job.yml")
 COMPUTE_YAML = Path("azureml/compute.yml")
 RESULTS = "results"  # the job's one named output
 CHECKPOINTS = "checkpoints"  # a job's mounted output for training checkpoints (slmops.train.parallel.CHECKPOINTS_ENV)
-# Training checkpoints go to the mounted output, not the node's disk: a preempted low-priority job restarts on
-# another node under the same name and output paths, and resumes from them.
+# Training checkpoints go to the mounted output, not the node's disk, so that they outlive a preempted node: Azure
+# ML restarts a preempted low-priority job under its name, hence its output paths (not verifiable offline).
 CHECKPOINTS_VARIABLE = "SLMOPS_CHECKPOINTS"  # where slmops.train.parallel writes checkpoints when set
 JOB_COMMAND = (
     f"{CHECKPOINTS_VARIABLE}=${{{{outputs.{CHECKPOINTS}}}}} bash scripts/azureml-job.sh ${{{{outputs.results}}}}"
