@@ -17,7 +17,19 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-mode="${1:?usage: scripts/pipeline.sh pr BASE_REF | main}"
+usage="usage: scripts/pipeline.sh pr BASE_REF | main"
+# Arguments checked before any work (an install, a whole Azure ML job): bad ones exit 2, as bad input does.
+mode="${1:-}"
+case "$mode" in
+  pr) [ -n "${2:-}" ] || { echo "$usage: pr needs the base branch" >&2; exit 2; } ;;
+  main) ;;
+  *) echo "$usage (not '$mode')" >&2; exit 2 ;;
+esac
+backend="${PIPELINE_BACKEND:-runner}"
+case "$backend" in
+  runner | azureml) ;;
+  *) echo "PIPELINE_BACKEND must be runner or azureml, not '$backend'" >&2; exit 2 ;;
+esac
 make install
 # shellcheck disable=SC1091
 . .venv/bin/activate
@@ -43,7 +55,6 @@ use_fresh_github_token() {
   fi
 }
 
-backend="${PIPELINE_BACKEND:-runner}"
 case "$backend" in
   runner)
     if has_remote && has_credentials; then
@@ -65,17 +76,13 @@ case "$backend" in
       dvc pull package  # the job pushed the models; the package is what the speed comparison and artifacts need
     fi
     ;;
-  *)
-    echo "PIPELINE_BACKEND must be runner or azureml, not '$backend'" >&2
-    exit 2
-    ;;
 esac
 
 if [ "$mode" = main ]; then
   exit 0
 fi
 
-base="${2:?usage: scripts/pipeline.sh pr BASE_REF}"
+base="$2"
 git fetch --quiet origin "$base" 2>/dev/null || true
 base_rev="origin/$base"
 git rev-parse --verify --quiet "$base_rev" >/dev/null || base_rev="$base"

@@ -52,6 +52,7 @@ CHECKPOINTS_VARIABLE = "SLMOPS_CHECKPOINTS"  # where slmops.train.parallel write
 JOB_COMMAND = (
     f"{CHECKPOINTS_VARIABLE}=${{{{outputs.{CHECKPOINTS}}}}} bash scripts/azureml-job.sh ${{{{outputs.results}}}}"
 )
+VAULT_URL = r"^https://[a-zA-Z0-9-]+\.vault\.azure\.net/?$"
 UUID = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
 GENERATED = "# Generated from azureml.yaml by `python -m slmops.azureml dump`; at submission the commit is filled in.\n"
 EXIT_JOB_FAILED = 3  # the Azure ML job failed or was cancelled (1 is a failed gate, 2 bad input)
@@ -97,9 +98,7 @@ class Storage(Section):
 class TeacherKey(Section):
     """Where the job reads an endpoint teacher's key: a Key Vault secret, with the compute's identity."""
 
-    vault_url: str | None = Field(
-        pattern=r"^https://[a-zA-Z0-9-]+\.vault\.azure\.net/?$", description="https://<vault>.vault.azure.net"
-    )
+    vault_url: str | None = Field(pattern=VAULT_URL, description="https://<vault>.vault.azure.net")
     secret: str | None = Field(pattern=r"^[a-zA-Z0-9-]{1,127}$", description="Secret name in that vault.")
     env: str | None = Field(
         pattern=r"^[A-Z_][A-Z0-9_]*$", description="The variable the teacher reads (teacher.openai.api_key_env)."
@@ -141,7 +140,11 @@ def load_config(path: str | Path = CONFIG_FILE) -> AzureML:
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: Azure ML config not found (see the README, section Azure ML)")
-    tree = read_yaml(path.read_text(), str(path))
+    try:
+        text = path.read_text()
+    except (UnicodeDecodeError, IsADirectoryError) as err:
+        raise InputError(f"{path}: not a UTF-8 text file ({err})") from None
+    tree = read_yaml(text, str(path))
     try:
         config = AzureMLFile.model_validate(tree).azureml
     except ValidationError as err:
@@ -441,19 +444,34 @@ def uncached_outputs(root: str | Path = ".") -> list[str]:
 
 def read_secret(vault_url: str, name: str, credential=None, **kwargs) -> str:
     """A Key Vault secret's current value, read with `credential` or azure_credential() (in the job: the compute's
-    managed identity). InputError naming the vault and the secret when it is missing, disabled, or not readable by
-    that identity (Key Vault answers 403 without the role Key Vault Secrets User). `kwargs` go to SecretClient."""
-    from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
+    managed identity), waiting at most 30 s for each connection and answer (azure-core's default is 300 s).
+
+    InputError naming the vault and the secret when the URL is not a vault's, the vault is unreachable, the identity
+    cannot sign in, or the secret is missing, disabled, empty or not readable by that identity (Key Vault answers 403
+    without the role Key Vault Secrets User). `kwargs` go to SecretClient."""
+    from azure.core.exceptions import (
+        ClientAuthenticationError,
+        HttpResponseError,
+        ResourceNotFoundError,
+        ServiceRequestError,
+    )
     from azure.keyvault.secrets import SecretClient
 
-    client = SecretClient(vault_url=vault_url, credential=credential or azure_credential(), **kwargs)
+    if not re.match(VAULT_URL, vault_url):
+        raise InputError(f"Key Vault {vault_url!r}: not a vault URL (https://<vault>.vault.azure.net)")
+    options = {"connection_timeout": 30, "read_timeout": 30, "retry_total": 3, **kwargs}
+    client = SecretClient(vault_url=vault_url, credential=credential or azure_credential(), **options)
     try:
         value = client.get_secret(name).value
     except ResourceNotFoundError:
         raise InputError(f"Key Vault {vault_url}: no secret named {name!r} (teacher_key.secret)") from None
+    except ClientAuthenticationError as err:  # before HttpResponseError, of which it is a kind
+        raise InputError(f"Key Vault {vault_url}: sign-in failed for secret {name!r}: {err.message}") from None
     except HttpResponseError as err:
         reason = f"{err.status_code}: {err.reason}"
         raise InputError(f"Key Vault {vault_url}: secret {name!r} not readable ({reason})") from None
+    except ServiceRequestError as err:
+        raise InputError(f"Key Vault {vault_url}: unreachable ({err.message})") from None
     if not value:
         raise InputError(f"Key Vault {vault_url}: secret {name!r} is empty")
     return value
@@ -470,8 +488,9 @@ def github_oidc_token(timeout_s: float = 30) -> str:
     """A fresh OIDC token (a JWT) from the GitHub Actions job's token service (a job with `id-token: write`
     has ACTIONS_ID_TOKEN_REQUEST_URL and ACTIONS_ID_TOKEN_REQUEST_TOKEN), for GITHUB_OIDC_AUDIENCE.
 
-    Raises InputError when the variables are missing, or the service refuses or answers without a token.
-    Source: GitHub's "About security hardening with OpenID Connect" (the request) and azure/login (the audience)."""
+    Raises InputError when the variables are missing, or the service is unreachable, refuses or answers without a
+    token. Source: GitHub's "About security hardening with OpenID Connect" (the request) and azure/login (the
+    audience)."""
     import json
     import urllib.error
     import urllib.parse
@@ -480,14 +499,17 @@ def github_oidc_token(timeout_s: float = 30) -> str:
     url, bearer = os.environ.get(GITHUB_OIDC[0]), os.environ.get(GITHUB_OIDC[1])
     if not url or not bearer:
         raise InputError(f"{GITHUB_OIDC[0]} and {GITHUB_OIDC[1]} are not set: not a GitHub job with id-token: write")
-    query = urllib.parse.urlencode({"audience": GITHUB_OIDC_AUDIENCE})
-    request = urllib.request.Request(f"{url}&{query}" if "?" in url else f"{url}?{query}")
-    request.add_header("Authorization", f"Bearer {bearer}")
+    parts = urllib.parse.urlsplit(url)
+    query = [(k, v) for k, v in urllib.parse.parse_qsl(parts.query) if k != "audience"]
+    query.append(("audience", GITHUB_OIDC_AUDIENCE))
+    url = urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(query), fragment=""))
     try:
+        request = urllib.request.Request(url, headers={"Authorization": f"Bearer {bearer}"})
         with urllib.request.urlopen(request, timeout=timeout_s) as response:
-            token = json.loads(response.read()).get("value")
+            answer = json.loads(response.read())
     except (urllib.error.URLError, OSError, ValueError) as err:
         raise InputError(f"GitHub's OIDC token service ({GITHUB_OIDC[0]}) failed: {err}") from None
+    token = answer.get("value") if isinstance(answer, dict) else None
     if not isinstance(token, str) or not token:
         raise InputError(f"GitHub's OIDC token service ({GITHUB_OIDC[0]}) answered without a token")
     return token
@@ -513,11 +535,17 @@ def azure_credential(**kwargs):
 
 
 def write_oidc_token(path: str | Path) -> None:
-    """A fresh GitHub OIDC token in `path` (mode 600), for AZURE_FEDERATED_TOKEN_FILE: a process outside this one
-    (`dvc pull` after a long job) then signs in with WorkloadIdentityCredential."""
+    """A fresh GitHub OIDC token in `path`, mode 600 whatever was there before (written to a new file in the same
+    folder, then renamed over it), for AZURE_FEDERATED_TOKEN_FILE: a process outside this one (`dvc pull` after
+    a long job) then signs in with WorkloadIdentityCredential. InputError when `path` cannot be written."""
     token, path = github_oidc_token(), Path(path)
-    path.touch(mode=0o600)
-    path.write_text(token)
+    try:
+        descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")  # mode 600
+        with os.fdopen(descriptor, "w") as out:
+            out.write(token)
+        os.replace(temporary, path)
+    except OSError as err:
+        raise InputError(f"{path}: cannot write the token there ({err.strerror})") from None
 
 
 # --- submit, follow, fetch ------------------------------------------------------------------------------------
@@ -527,12 +555,32 @@ class JobDidNotComplete(Exception):
     """The Azure ML job ended Failed or Canceled (or in any state but Completed)."""
 
 
+ARM_SCOPE = "https://management.azure.com/.default"  # Azure Resource Manager, where workspaces and jobs live
+
+
+def signed_in(credential, scope: str = ARM_SCOPE) -> None:
+    """InputError naming the cause unless `credential` gets a token for `scope`: checked before anything is
+    uploaded or submitted (azure-ai-ml would otherwise fail mid-submission, with its own exception around it)."""
+    from azure.core.exceptions import ClientAuthenticationError
+
+    try:
+        credential.get_token(scope)
+    except ClientAuthenticationError as err:
+        raise InputError(
+            "Azure sign-in failed (on a laptop: `az login`; in GitHub Actions: id-token: write with AZURE_CLIENT_ID "
+            f"and AZURE_TENANT_ID; in an Azure ML job: the compute's managed identity):\n  {err.message}"
+        ) from None
+
+
 def client(config: AzureML, credential=None, **kwargs):
-    """MLClient on the workspace, with `credential` or else azure_credential()."""
+    """MLClient on the workspace, with `credential` or else azure_credential(), once it has signed in
+    (signed_in: InputError otherwise)."""
     from azure.ai.ml import MLClient
 
+    credential = credential or azure_credential()
+    signed_in(credential)
     ws = config.workspace
-    return MLClient(credential or azure_credential(), ws.subscription_id, ws.resource_group, ws.name, **kwargs)
+    return MLClient(credential, ws.subscription_id, ws.resource_group, ws.name, **kwargs)
 
 
 def submit(ml_client, config: AzureML, git: Git, root: str | Path = ".") -> str:
@@ -650,7 +698,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(args: list[str]) -> int:
-    if args == ["requirements"]:
+    if args in (["-h"], ["--help"]):
+        print(__doc__)
+    elif args == ["requirements"]:
         (ENV_DIR / "requirements.txt").write_text(requirements_text())
     elif args == ["dump"]:
         config = load_config()

@@ -27,6 +27,8 @@ class GitHubTokenService(http.server.ThreadingHTTPServer):
         self.issued: list[str] = []
         self.audiences: list[str] = []
         self.status = 200
+        self.answer = None  # the JSON answered instead of {"value": <token>}
+        self.paths: list[str] = []
         service = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -38,7 +40,9 @@ class GitHubTokenService(http.server.ThreadingHTTPServer):
                     self.end_headers()
                     return
                 service.issued.append(f"gh-{len(service.issued) + 1}")
-                body = json.dumps({"value": service.issued[-1]}).encode()
+                service.paths.append(self.path)
+                answer = {"value": service.issued[-1]} if service.answer is None else service.answer
+                body = json.dumps(answer).encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
                 self.end_headers()
@@ -240,3 +244,85 @@ def test_pipeline_sh_points_dvc_at_a_fresh_github_token_on_github_only(github, t
     github.status = 500
     failed = run(**github_env)
     assert failed.returncode == 2 and "OIDC token service" in failed.stderr
+
+
+def test_an_existing_token_file_ends_mode_600(github, tmp_path):
+    token_file = tmp_path / "oidc-token"
+    token_file.write_text("old")
+    token_file.chmod(0o644)
+    assert azureml.main(["oidc-token", str(token_file)]) == 0
+    assert token_file.read_text() == "gh-1" and token_file.stat().st_mode & 0o777 == 0o600
+    assert [p.name for p in tmp_path.iterdir()] == ["oidc-token"]  # no temporary file left
+
+
+@pytest.mark.parametrize(
+    ("answer", "url", "path", "message"),
+    [
+        ([1, 2], None, "t", "answered without a token"),
+        (None, "not a url", "t", "OIDC token service (ACTIONS_ID_TOKEN_REQUEST_URL) failed: unknown url type"),
+        (None, None, "missing/t", "cannot write the token there (No such file or directory)"),
+        (None, None, ".", "cannot write the token there"),
+    ],
+)
+def test_bad_token_answers_urls_and_paths_exit_2(github, monkeypatch, tmp_path, capsys, answer, url, path, message):
+    github.answer = answer
+    if url:
+        monkeypatch.setenv("ACTIONS_ID_TOKEN_REQUEST_URL", url)
+    assert azureml.main(["oidc-token", str(tmp_path / path)]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "t").exists()
+
+
+def test_the_audience_is_sent_once_whatever_the_url_holds(github, monkeypatch):
+    monkeypatch.setenv("ACTIONS_ID_TOKEN_REQUEST_URL", f"{github.url}&audience=other#fragment")
+    azureml.github_oidc_token()
+    assert github.audiences == ["api://AzureADTokenExchange"]
+    assert "api-version=2.0" in github.paths[0]
+
+
+class FailingCredential:
+    def get_token(self, *scopes, **kwargs):
+        from azure.core.exceptions import ClientAuthenticationError
+
+        raise ClientAuthenticationError("DefaultAzureCredential failed to retrieve a token (no az login)")
+
+
+def test_no_sign_in_is_an_error_before_anything_is_sent():
+    from conftest import ROOT
+
+    config = azureml.load_config(ROOT / "azureml.yaml")
+    with pytest.raises(InputError, match="Azure sign-in failed .*az login.*\n  DefaultAzureCredential failed"):
+        azureml.client(config, FailingCredential())
+
+
+def test_submit_and_cancel_exit_2_when_github_refuses_the_token(github, capsys):
+    """One line, exit 2, where azure-ai-ml would wrap the error in its own exception mid-submission."""
+    from conftest import ROOT
+
+    from slmops import cli
+
+    github.status = 500
+    config = str(ROOT / "azureml.yaml")
+    assert cli.main(["azureml", "cancel", "some-job", "--config", config]) == 2
+    assert "error: GitHub's OIDC token service (ACTIONS_ID_TOKEN_REQUEST_URL) failed" in capsys.readouterr().err
+
+
+class UnreachableVault(FakeKeyVault):
+    def send(self, request, **kwargs):
+        from azure.core.exceptions import ServiceRequestError
+
+        raise ServiceRequestError("Connection refused")
+
+
+def test_a_bad_vault_url_an_unreachable_vault_or_no_sign_in_name_the_vault():
+    with pytest.raises(InputError, match="Key Vault 'https://127.0.0.1:9/': not a vault URL"):
+        azureml.read_secret("https://127.0.0.1:9/", "teacher-key", FakeCredential())
+    with pytest.raises(InputError, match=f"Key Vault {VAULT}: unreachable \\(Connection refused"):
+        azureml.read_secret(VAULT, "teacher-key", FakeCredential(), transport=UnreachableVault({}), retry_total=0)
+    vault = FakeKeyVault({"teacher-key": "x"})
+    with pytest.raises(InputError, match=f"Key Vault {VAULT}: sign-in failed for secret 'teacher-key'"):
+        azureml.read_secret(VAULT, "teacher-key", FailingCredential(), transport=vault, retry_total=0)
+
+
+def test_help_exits_0(capsys):
+    assert azureml.main(["--help"]) == 0 and "python -m slmops.azureml oidc-token FILE" in capsys.readouterr().out

@@ -2,6 +2,7 @@
 least privilege, pinned actions; and the pipeline script they call."""
 
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -103,10 +104,27 @@ def test_pipeline_script_has_an_azureml_backend():
     assert subprocess.run(["bash", "-n", ROOT / "scripts/azureml-job.sh"]).returncode == 0
 
 
-def test_pipeline_script_is_valid_bash_and_needs_a_mode():
+@pytest.mark.parametrize(
+    ("args", "backend", "message"),
+    [
+        ([], "runner", "usage: scripts/pipeline.sh pr BASE_REF | main (not '')"),
+        (["mian"], "runner", "usage: scripts/pipeline.sh pr BASE_REF | main (not 'mian')"),
+        (["pr"], "azureml", "usage: scripts/pipeline.sh pr BASE_REF | main: pr needs the base branch"),
+        (["pr", "main"], "azure-ml", "PIPELINE_BACKEND must be runner or azureml, not 'azure-ml'"),
+    ],
+)
+def test_pipeline_script_refuses_bad_arguments_before_any_work(args, backend, message, tmp_path):
+    """Exit 2 before `make install`, let alone a whole Azure ML job: no `make` on PATH here, so any work fails
+    otherwise with another message."""
     assert subprocess.run(["bash", "-n", ROOT / "scripts/pipeline.sh"]).returncode == 0
-    result = subprocess.run(["bash", ROOT / "scripts/pipeline.sh"], capture_output=True, text=True)
-    assert result.returncode != 0 and "usage: scripts/pipeline.sh pr BASE_REF | main" in result.stderr
+    env = {"PATH": "/usr/bin:/bin", "PIPELINE_BACKEND": backend, "HOME": str(tmp_path)}
+    bare = tmp_path / "bin"
+    bare.mkdir()
+    for tool in ("bash", "dirname"):
+        (bare / tool).symlink_to(shutil.which(tool))
+    env["PATH"] = str(bare)
+    result = subprocess.run(["bash", ROOT / "scripts/pipeline.sh", *args], capture_output=True, text=True, env=env)
+    assert (result.returncode, result.stderr.strip()) == (2, message)
 
 
 def base_package(rev, out, **env):
