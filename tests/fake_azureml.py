@@ -99,7 +99,23 @@ class _Response(HttpResponse):
         return json.loads(self._body) if self._body else None
 
 
-class FakeAzureML(HttpTransport):
+class LocalTransport(HttpTransport):
+    """An azure-core transport answered in this process: subclasses define send(request) -> HttpResponse."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *args):
+        pass
+
+    def open(self):
+        pass
+
+    def close(self):
+        pass
+
+
+class FakeAzureML(LocalTransport):
     """The workspace `ws` in resource group `rg`: jobs, code and environment assets, one blob datastore."""
 
     def __init__(
@@ -128,19 +144,6 @@ class FakeAzureML(HttpTransport):
         self.runs: dict[str, TrainingRun] = {}
         self.polls: dict[str, int] = {}
         self.cancelled: list[str] = []
-
-    # azure-core transport protocol
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *args):
-        pass
-
-    def open(self):
-        pass
-
-    def close(self):
-        pass
 
     def send(self, request, **kwargs):
         body = None

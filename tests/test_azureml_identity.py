@@ -9,8 +9,7 @@ import threading
 from urllib.parse import parse_qs, urlparse
 
 import pytest
-from azure.core.pipeline.transport import HttpTransport
-from fake_azureml import FakeCredential, _Response
+from fake_azureml import FakeCredential, LocalTransport, _Response
 
 from slmops import azureml
 from slmops.core.errors import InputError
@@ -71,24 +70,12 @@ def github(monkeypatch):
     service.server_close()
 
 
-class FakeEntraID(HttpTransport):
+class FakeEntraID(LocalTransport):
     """Entra ID's token endpoint: records each client assertion and grants a token valid `expires_in` seconds."""
 
     def __init__(self, expires_in: int):
         self.expires_in = expires_in
         self.assertions: list[str] = []
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *args):
-        pass
-
-    def open(self):
-        pass
-
-    def close(self):
-        pass
 
     def send(self, request, **kwargs):
         assert request.method == "POST" and urlparse(request.url).path == f"/{TENANT}/oauth2/v2.0/token", request.url
@@ -160,24 +147,12 @@ def test_github_token_failures_exit_2_naming_the_service(github, monkeypatch, tm
         azureml.github_oidc_token()
 
 
-class FakeKeyVault(HttpTransport):
+class FakeKeyVault(LocalTransport):
     """A vault holding `secrets` ({name: value}); answers 401 with Key Vault's challenge to a request without a
     token (the SDK's first request), 403 for the names in `forbidden`."""
 
     def __init__(self, secrets: dict[str, str], forbidden=()):
         self.secrets, self.forbidden = secrets, set(forbidden)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *args):
-        pass
-
-    def open(self):
-        pass
-
-    def close(self):
-        pass
 
     def send(self, request, **kwargs):
         name = urlparse(request.url).path.split("/")[2]
