@@ -31,6 +31,7 @@ import sys
 import tempfile
 import tomllib
 from collections.abc import Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -145,6 +146,8 @@ def load_config(path: str | Path = CONFIG_FILE) -> AzureML:
     except (UnicodeDecodeError, IsADirectoryError) as err:
         raise InputError(f"{path}: not a UTF-8 text file ({err})") from None
     tree = read_yaml(text, str(path))
+    if not isinstance(tree, dict):
+        raise InputError(f"{path}: no `azureml:` section (the file is empty or not a mapping; see the README)")
     try:
         config = AzureMLFile.model_validate(tree).azureml
     except ValidationError as err:
@@ -551,6 +554,43 @@ def write_oidc_token(path: str | Path) -> None:
 # --- submit, follow, fetch ------------------------------------------------------------------------------------
 
 
+PLACEHOLDER_SUBSCRIPTION = "00000000-0000-0000-0000-000000000000"  # the shipped azureml.yaml's
+
+
+def check_workspace(config: AzureML, where: str | Path = CONFIG_FILE) -> None:
+    """InputError when azureml.yaml still names the shipped placeholder subscription (nothing to submit to)."""
+    if config.workspace.subscription_id == PLACEHOLDER_SUBSCRIPTION:
+        raise InputError(
+            f"{where}: azureml.workspace.subscription_id is the placeholder {PLACEHOLDER_SUBSCRIPTION}; set your "
+            "subscription, resource group and workspace (README, section Azure ML)"
+        )
+
+
+@contextmanager
+def workspace_answers(config: AzureML):
+    """Azure ML's refusals of the request, as InputError naming what to check (exit 2): 401/403, the identity
+    lacks its role on the workspace; 404, the workspace, the compute or the job named does not exist."""
+    from azure.core.exceptions import HttpResponseError
+
+    ws = config.workspace
+    try:
+        yield
+    except HttpResponseError as err:
+        where = f"workspace {ws.name} (resource group {ws.resource_group}, subscription {ws.subscription_id})"
+        first = (err.message or "").strip().splitlines()[:1]
+        if err.status_code in (401, 403):
+            raise InputError(
+                f"Azure ML refused the request ({err.status_code}) on {where}: the identity needs the role AzureML "
+                f"Data Scientist there. {' '.join(first)}"
+            ) from None
+        if err.status_code == 404:
+            raise InputError(
+                f"Azure ML found no such resource ({err.status_code}) in {where}: check azureml.yaml's workspace "
+                f"and compute.name, or the job's name. {' '.join(first)}"
+            ) from None
+        raise
+
+
 class JobDidNotComplete(Exception):
     """The Azure ML job ended Failed or Canceled (or in any state but Completed)."""
 
@@ -661,7 +701,8 @@ def train_remotely(module: str, config: AzureML, root: str | Path = ".") -> str:
     files = stage_files(module, root)
     git = git_identity(root)
     ml_client = client(config)
-    name = ml_client.jobs.create_or_update(training_job(config, module, git, root, files)).name
+    with workspace_answers(config):
+        name = ml_client.jobs.create_or_update(training_job(config, module, git, root, files)).name
     dist = config.distribution
     print(
         f"{module}: submitted Azure ML training job {name} ({dist.nodes} nodes x {dist.processes_per_node} "

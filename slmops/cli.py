@@ -269,9 +269,11 @@ def cmd_azureml_submit(args) -> int:
     from slmops import azureml
 
     config = azureml.load_config(args.config)
+    azureml.check_workspace(config, args.config)
     git = azureml.git_identity(".")
     try:
-        azureml.run(_azureml_client(config), config, git, ".")
+        with azureml.workspace_answers(config):
+            azureml.run(_azureml_client(config), config, git, ".")
     except azureml.JobDidNotComplete as err:
         print(f"error: {err}", file=sys.stderr)
         return azureml.EXIT_JOB_FAILED
@@ -281,7 +283,10 @@ def cmd_azureml_submit(args) -> int:
 def cmd_azureml_cancel(args) -> int:
     from slmops import azureml
 
-    azureml.cancel(_azureml_client(azureml.load_config(args.config)), args.name)
+    config = azureml.load_config(args.config)
+    azureml.check_workspace(config, args.config)
+    with azureml.workspace_answers(config):
+        azureml.cancel(_azureml_client(config), args.name)
     return 0
 
 

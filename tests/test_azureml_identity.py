@@ -270,16 +270,56 @@ def test_no_sign_in_is_an_error_before_anything_is_sent():
         azureml.client(config, FailingCredential())
 
 
-def test_submit_and_cancel_exit_2_when_github_refuses_the_token(github, capsys):
+def own_config(tmp_path):
+    """The shipped azureml.yaml with a subscription of one's own in place of the placeholder."""
+    from conftest import ROOT
+
+    path = tmp_path / "azureml.yaml"
+    text = (ROOT / "azureml.yaml").read_text()
+    path.write_text(text.replace(azureml.PLACEHOLDER_SUBSCRIPTION, "3f2504e0-4f89-11d3-9a0c-0305e82c3301"))
+    return path
+
+
+def test_submit_and_cancel_exit_2_when_github_refuses_the_token(github, capsys, tmp_path):
     """One line, exit 2, where azure-ai-ml would wrap the error in its own exception mid-submission."""
+    from slmops import cli
+
+    github.status = 500
+    assert cli.main(["azureml", "cancel", "some-job", "--config", str(own_config(tmp_path))]) == 2
+    assert "error: GitHub's OIDC token service (ACTIONS_ID_TOKEN_REQUEST_URL) failed" in capsys.readouterr().err
+
+
+def test_the_placeholder_subscription_and_an_empty_config_exit_2_naming_the_file(tmp_path, capsys):
     from conftest import ROOT
 
     from slmops import cli
 
-    github.status = 500
-    config = str(ROOT / "azureml.yaml")
-    assert cli.main(["azureml", "cancel", "some-job", "--config", config]) == 2
-    assert "error: GitHub's OIDC token service (ACTIONS_ID_TOKEN_REQUEST_URL) failed" in capsys.readouterr().err
+    shipped = str(ROOT / "azureml.yaml")
+    assert cli.main(["azureml", "cancel", "some-job", "--config", shipped]) == 2
+    assert f"{shipped}: azureml.workspace.subscription_id is the placeholder" in capsys.readouterr().err
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("# nothing yet\n")
+    assert cli.main(["azureml", "submit", "--config", str(empty)]) == 2
+    assert f"{empty}: no `azureml:` section" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("status", "message"),
+    [
+        (403, "Azure ML refused the request \\(403\\) on workspace slmops .* the role AzureML Data Scientist"),
+        (404, "Azure ML found no such resource \\(404\\) in workspace slmops .* check azureml.yaml's workspace"),
+    ],
+)
+def test_the_workspace_refusing_or_missing_is_bad_input_naming_it(tmp_path, status, message):
+    from azure.core.exceptions import HttpResponseError
+    from azure.core.rest import HttpRequest
+
+    config = azureml.load_config(own_config(tmp_path))
+    response = _Response(HttpRequest("GET", "https://management.azure.com/x"), status, {"error": {"message": "no"}})
+    with pytest.raises(InputError, match=message), azureml.workspace_answers(config):
+        raise HttpResponseError(response=response)
+    with pytest.raises(HttpResponseError), azureml.workspace_answers(config):  # others are not input errors
+        raise HttpResponseError(response=_Response(HttpRequest("GET", "https://x"), 500, {}))
 
 
 class UnreachableVault(FakeKeyVault):

@@ -20,6 +20,7 @@ SECRETS = {
     "AZURE_CLIENT_SECRET": "never-in-the-job-client-secret-77e0",
 }
 LOCK = "schema: '2.0'\nstages: {}\n"
+SUBSCRIPTION = "3f2504e0-4f89-11d3-9a0c-0305e82c3301"
 
 
 @pytest.fixture()
@@ -38,6 +39,8 @@ def project(tmp_path, monkeypatch):
     (out / ".env").write_text("TEACHER_API_KEY=secret\n")
     (out / "models/student").mkdir(parents=True)
     (out / "models/student/model.safetensors").write_bytes(b"weights")
+    config = out / "azureml.yaml"  # a user's own subscription in place of the shipped placeholder
+    config.write_text(config.read_text().replace(azureml.PLACEHOLDER_SUBSCRIPTION, SUBSCRIPTION))
     monkeypatch.chdir(out)
     for name, value in SECRETS.items():
         monkeypatch.setenv(name, value)
