@@ -9,6 +9,7 @@ import threading
 from urllib.parse import parse_qs, urlparse
 
 import pytest
+from conftest import ROOT
 from fake_azureml import FakeCredential, LocalTransport, _Response
 
 from slmops import azureml
@@ -199,8 +200,6 @@ def test_pipeline_sh_points_dvc_at_a_fresh_github_token_on_github_only(github, t
     import subprocess
     import sys
 
-    from conftest import ROOT
-
     script = (ROOT / "scripts/pipeline.sh").read_text()
     function = re.search(r"^use_fresh_github_token\(\) \{.*?^\}", script, re.S | re.M).group(0)
     show = 'echo "$AZURE_TOKEN_CREDENTIALS|${AZURE_FEDERATED_TOKEN_FILE:-}"'
@@ -263,8 +262,6 @@ class FailingCredential:
 
 
 def test_no_sign_in_is_an_error_before_anything_is_sent():
-    from conftest import ROOT
-
     config = azureml.load_config(ROOT / "azureml.yaml")
     with pytest.raises(InputError, match="Azure sign-in failed .*az login.*\n  DefaultAzureCredential failed"):
         azureml.client(config, FailingCredential())
@@ -272,8 +269,6 @@ def test_no_sign_in_is_an_error_before_anything_is_sent():
 
 def own_config(tmp_path):
     """The shipped azureml.yaml with a subscription of one's own in place of the placeholder."""
-    from conftest import ROOT
-
     path = tmp_path / "azureml.yaml"
     text = (ROOT / "azureml.yaml").read_text()
     path.write_text(text.replace(azureml.PLACEHOLDER_SUBSCRIPTION, "3f2504e0-4f89-11d3-9a0c-0305e82c3301"))
@@ -290,8 +285,6 @@ def test_submit_and_cancel_exit_2_when_github_refuses_the_token(github, capsys, 
 
 
 def test_the_placeholder_subscription_and_an_empty_config_exit_2_naming_the_file(tmp_path, capsys):
-    from conftest import ROOT
-
     from slmops import cli
 
     shipped = str(ROOT / "azureml.yaml")
