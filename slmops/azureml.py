@@ -703,19 +703,19 @@ def train_remotely(module: str, config: AzureML, root: str | Path = ".") -> str:
     ml_client = client(config)
     with workspace_answers(config):
         name = ml_client.jobs.create_or_update(training_job(config, module, git, root, files)).name
-    dist = config.distribution
-    print(
-        f"{module}: submitted Azure ML training job {name} ({dist.nodes} nodes x {dist.processes_per_node} "
-        f"processes; inputs {list(files.inputs)})",
-        file=sys.stderr,
-        flush=True,
-    )
-    try:
-        follow(ml_client, name)
-    except KeyboardInterrupt:  # the stage stopped (Ctrl-C, SIGTERM): its nodes must not run on, billed
-        cancel(ml_client, name)
-        raise
-    fetch_trained(ml_client, name, files.outputs, root)
+        dist = config.distribution
+        print(
+            f"{module}: submitted Azure ML training job {name} ({dist.nodes} nodes x {dist.processes_per_node} "
+            f"processes; inputs {list(files.inputs)})",
+            file=sys.stderr,
+            flush=True,
+        )
+        try:
+            follow(ml_client, name)
+        except KeyboardInterrupt:  # the stage stopped (Ctrl-C, SIGTERM): its nodes must not run on, billed
+            cancel(ml_client, name)
+            raise
+        fetch_trained(ml_client, name, files.outputs, root)
     print(f"{module}: {', '.join(files.outputs)} from Azure ML job {name}", file=sys.stderr, flush=True)
     return name
 
