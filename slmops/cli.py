@@ -26,9 +26,11 @@ from slmops.core.errors import InputError
 
 def cmd_validate(args) -> int:
     from slmops.core.params import load_params
+    from slmops.core.task import load_task
 
-    load_params(args.params)
-    print(f"{args.params}: valid")
+    params = load_params(args.params)
+    load_task(params.task.dir)
+    print(f"{args.params}: valid (task spec: {params.task.dir}/task.yaml)")
     return 0
 
 
@@ -302,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="slmops", description="SLMOps pipeline tools")
     sub = parser.add_subparsers(dest="command", required=True)
     validate = sub.add_parser(
-        "validate", help="validate params.yaml: every key, type and range, and the files it names"
+        "validate", help="validate params.yaml (every key, type and range, the files it names) and the task spec"
     )
     validate.add_argument("--params", default="params.yaml")
     validate.set_defaults(run=cmd_validate)

@@ -1,6 +1,8 @@
 """Quantize: builder and Olive exports, int8, the parity check (and a broken export it must catch), the stage."""
 
 import json
+import os
+import shutil
 
 import onnx
 import pytest
@@ -9,7 +11,14 @@ import yaml
 from conftest import TINY_LLAMA, default, run_stage
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from slmops.onnx.export import builder_options, olive_workflow, run_builder, run_olive, write_workflow
+from slmops.onnx.export import (
+    builder_options,
+    olive_workflow,
+    run_builder,
+    run_olive,
+    set_session_options,
+    write_workflow,
+)
 from slmops.onnx.parity import Parity, check_parity
 from slmops.onnx.runtime import OnnxChatModel
 
@@ -41,6 +50,30 @@ def test_int4_export_is_smaller_and_keeps_greedy_tokens(tiny_hf_dir, tiny_onnx, 
     assert parity.max_abs_logit_diff > 0  # quantization changes logits
     ops = {node.op_type for node in onnx.load(str(tiny_onnx["int4"] / "model.onnx")).graph.node}
     assert {"MatMulNBits", "GatherBlockQuantized"} <= ops  # embeddings quantized too (quantize.embeddings)
+
+
+def thread_count() -> int:
+    return len(os.listdir("/proc/self/task"))
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="counts threads in /proc")
+def test_session_options_set_the_threads_onnxruntime_genai_starts(tiny_onnx, tmp_path):
+    """The key set_session_options writes is the one onnxruntime-genai reads: a session of 3 intra-op threads
+    starts 2 more pool threads than one of 1 (the calling thread is the pool's first)."""
+    import onnxruntime_genai as og
+
+    folders = {}
+    for threads in (1, 3):
+        folders[threads] = shutil.copytree(tiny_onnx["int4"], tmp_path / f"threads-{threads}")
+        set_session_options(folders[threads] / "genai_config.json", default("quantize", intra_op_num_threads=threads))
+    warm = og.Model(str(folders[1]))  # the first model also starts onnxruntime's process-wide threads
+    before = thread_count()
+    one = og.Model(str(folders[1]))
+    after_one = thread_count()
+    three = og.Model(str(folders[3]))
+    after_three = thread_count()
+    assert (after_three - after_one) - (after_one - before) == 2
+    del warm, one, three
 
 
 @pytest.mark.slow  # an export in a child process
@@ -158,7 +191,7 @@ def quantize_project(project, tiny_hf_dir):
 
 @pytest.mark.slow  # an export in a child process
 def test_quantize_stage_writes_a_checked_export(quantize_project):
-    set_params(quantize_project, quantize__precision="fp32")
+    set_params(quantize_project, quantize__precision="fp32", quantize__intra_op_num_threads=3)
     result = run_stage(quantize_project, "quantize")
     assert result.returncode == 0, result.stderr[-2000:]
     record = json.loads((quantize_project / "reports/quantize.json").read_text())
@@ -166,6 +199,12 @@ def test_quantize_stage_writes_a_checked_export(quantize_project):
     assert record["parity"]["prompts"] == 2
     for name in ("model.onnx", "genai_config.json", "tokenizer.json", "chat_template.jinja", "quantize.json"):
         assert (quantize_project / "models/onnx" / name).is_file(), name
+    genai = json.loads((quantize_project / "models/onnx/genai_config.json").read_text())
+    assert genai["model"]["decoder"]["session_options"] == {
+        "log_id": "onnxruntime-genai",  # the builder's own options are kept
+        "provider_options": [],
+        "intra_op_num_threads": 3,
+    }
 
 
 @pytest.mark.slow  # an export in a child process

@@ -56,6 +56,14 @@ def test_default_params_are_valid(project):
         ),
         (lambda p: p.update(seed=2**70), "seed: Input should be less than or equal to 4294967295"),
         (
+            lambda p: p["quantize"].update(intra_op_num_threads=-1),
+            "quantize.intra_op_num_threads: Input should be greater than or equal to 0",
+        ),
+        (
+            lambda p: p["quantize"].update(intra_op_num_threads="all"),
+            "quantize.intra_op_num_threads: 'all': Input should be a valid integer",
+        ),
+        (
             lambda p: p["synthesize"].update(logprobs_top_k=-1),
             "synthesize.logprobs_top_k: Input should be greater than or equal to 0",
         ),
@@ -176,6 +184,20 @@ def test_validate_command_exit_codes(project, capsys):
     write_params(project, lambda p: p["distill"]["kd"].update(temperature=0))
     assert slmops(["validate"]) == 2
     assert "distill.kd.temperature: Input should be greater than 0" in capsys.readouterr().err
+
+
+def test_validate_names_a_malformed_task_file(project, capsys):
+    spec = project / "data/task/task.yaml"
+    spec.write_text(spec.read_text().replace("fields: [", "fields: [[", 1))
+    assert slmops(["validate"]) == 2
+    err = capsys.readouterr().err
+    assert "data/task/task.yaml: not valid YAML" in err and 'in "data/task/task.yaml", line' in err
+
+
+def test_a_yaml_error_in_params_names_the_file_and_line(project, capsys):
+    (project / "params.yaml").write_text("seed: [42\n")
+    assert slmops(["validate"]) == 2
+    assert 'in "params.yaml", line 1, column 7' in capsys.readouterr().err
 
 
 def test_validate_works_outside_the_repository(tmp_path, monkeypatch):

@@ -74,6 +74,42 @@ def test_missing_task_spec_is_an_input_error(tmp_path):
         load_task(tmp_path)
 
 
+SPEC = (ROOT / "data/task/task.yaml").read_text()
+SCHEMA = (ROOT / "data/task/answer.schema.json").read_text()
+
+
+@pytest.mark.parametrize(
+    "file, content, message",
+    [
+        ("task.yaml", "name: [x\n", 'task.yaml: not valid YAML: while parsing a flow sequence\n  in "'),
+        ("task.yaml", b"\xff\xfename: x\n", "task.yaml: not UTF-8 text"),
+        ("task.yaml", "- name\n- scoring\n", "task.yaml: expected a mapping of keys (name, description, instruction"),
+        ("task.yaml", "name instruction answer_schema scoring\n", "task.yaml: expected a mapping of keys"),
+        ("task.yaml", SPEC.replace("name: support-triage\n", ""), "task.yaml: name: Field required"),
+        ("task.yaml", SPEC.split("scoring:")[0] + "scoring: [intent]\n", "task.yaml: scoring: expected a mapping"),
+        ("task.yaml", SPEC.split("scoring:")[0] + "scoring: {}\n", "task.yaml: scoring.fields: Field required"),
+        ("task.yaml", SPEC.replace("instruction: >-", "instruction: 5\nnote: >-"), "instruction: Input should be"),
+        ("task.yaml", SPEC.replace("instruction: >-", "instruction: 5\nnote: >-"), "note: Extra inputs are not"),
+        ("task.yaml", SPEC.replace("sentiment]\n  #", "mood]\n  #"), "scoring.fields: mood not among the properties"),
+        (
+            "task.yaml",
+            SPEC.rsplit("sentiment]", 1)[0] + "tone]\n",
+            "case_insensitive: tone not among",
+        ),
+        ("answer.schema.json", "{bad", "answer.schema.json: not valid JSON: Expecting property name"),
+        ("answer.schema.json", '{"type": 5}', "answer.schema.json: not a valid JSON Schema at type: 5 is not valid"),
+    ],
+)
+def test_a_malformed_task_names_the_file_and_key(tmp_path, file, content, message):
+    (tmp_path / "task.yaml").write_text(SPEC)
+    (tmp_path / "answer.schema.json").write_text(SCHEMA)
+    (tmp_path / file).write_bytes(content if isinstance(content, bytes) else content.encode())
+    with pytest.raises(InputError) as err:
+        load_task(tmp_path)
+    assert message in str(err.value) and str(tmp_path / file) in str(err.value)
+    assert "<unicode string>" not in str(err.value)
+
+
 MEETINGS = ROOT / "tests/data/tasks/meetings"
 MEETING = {"action": "book", "room": "Orion", "day": "Monday", "attendees": 1, "invitees": ["Ana", "Ben"]}
 

@@ -428,6 +428,15 @@ class Quantize(Section):
             "model ties them; small models are mostly embedding."
         )
     )
+    intra_op_num_threads: int = Field(
+        ge=0,
+        description=(
+            "Threads onnxruntime runs each operator on, written into the export's genai_config.json "
+            "(session_options), so the shipped model uses them wherever it runs; 0: one per physical core "
+            "(onnxruntime's default). Left unset, onnxruntime-genai takes half the logical CPUs: on a machine "
+            "without SMT, half the cores."
+        ),
+    )
     parity: Parity = Field(description="The logit-parity check of the export against PyTorch.")
 
     @property

@@ -8,6 +8,7 @@ with `dvc params diff`. A value YAML reads as a date (unquoted 2024-10-21) is re
 from __future__ import annotations
 
 import datetime
+import io
 import json
 import re
 import typing
@@ -27,7 +28,9 @@ PATH_KEYS = {"task.dir": True, "data.labelled": False, "data.prompts": False, "d
 def read_yaml(text: str, source: str):
     """The YAML 1.2 document in `text` as plain dicts, lists and scalars; InputError naming `source` and the line."""
     try:
-        return YAML(typ="safe", pure=True).load(text)
+        stream = io.StringIO(text)
+        stream.name = source  # ruamel names the stream in its errors ("<unicode string>" for a str)
+        return YAML(typ="safe", pure=True).load(stream)
     except YAMLError as err:
         raise InputError(f"{source}: not valid YAML: {err}") from None
 

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 import jsonschema
 import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from slmops.core.errors import InputError
 
@@ -32,27 +33,85 @@ class Task:
         return chat
 
 
+class Scoring(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    fields: list[str] = Field(min_length=1, description="Answer fields exact match compares (JSON Schema properties).")
+    case_insensitive: list[str] = Field(default=[], description="Fields among `fields` compared ignoring case.")
+
+
+class TaskSpec(BaseModel):
+    """task.yaml's keys (README: "A new task"); pydantic names every wrong one."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    name: str = Field(min_length=1)
+    description: str | None = None
+    instruction: str = Field(min_length=1, description="The system prompt every example is asked with.")
+    answer_schema: str = Field(min_length=1, description="The answer's JSON Schema file, relative to the task folder.")
+    scoring: Scoring
+
+
+def _spec(spec_path: Path) -> TaskSpec:
+    try:
+        with spec_path.open(encoding="utf-8") as stream:  # an open file: YAML errors name it, not "<unicode string>"
+            tree = yaml.safe_load(stream)
+    except UnicodeDecodeError:
+        raise InputError(f"{spec_path}: not UTF-8 text") from None
+    except yaml.YAMLError as err:
+        raise InputError(f"{spec_path}: not valid YAML: {err}") from None
+    if not isinstance(tree, dict):
+        raise InputError(f"{spec_path}: expected a mapping of keys ({', '.join(TaskSpec.model_fields)})")
+    try:
+        return TaskSpec.model_validate(tree)
+    except ValidationError as err:
+        problems = [
+            f"{'.'.join(map(str, e['loc']))}: {'expected a mapping' if e['type'] == 'model_type' else e['msg']}"
+            for e in err.errors()
+        ]
+        raise InputError(f"{spec_path}: " + "; ".join(problems)) from None
+
+
+def _schema(schema_path: Path) -> dict:
+    try:
+        schema = json.loads(schema_path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise InputError(f"{schema_path}: not UTF-8 text") from None
+    except json.JSONDecodeError as err:
+        raise InputError(f"{schema_path}: not valid JSON: {err}") from None
+    try:
+        jsonschema.Draft202012Validator.check_schema(schema)
+    except jsonschema.SchemaError as err:
+        at = "/".join(map(str, err.absolute_path)) or "the top level"
+        raise InputError(f"{schema_path}: not a valid JSON Schema at {at}: {err.message}") from None
+    return schema
+
+
 def load_task(task_dir: str | Path) -> Task:
+    """The task in `task_dir` (task.yaml and the answer JSON Schema it names). InputError naming the file and key
+    for a missing or malformed file, an invalid schema, or a scoring field the schema does not define."""
     task_dir = Path(task_dir)
     spec_path = task_dir / "task.yaml"
     if not spec_path.is_file():
         raise InputError(f"{spec_path}: task spec not found")
-    spec = yaml.safe_load(spec_path.read_text()) or {}
-    for key in ("name", "instruction", "answer_schema", "scoring"):
-        if key not in spec:
-            raise InputError(f"{spec_path}: missing key '{key}'")
-    schema_path = task_dir / spec["answer_schema"]
+    spec = _spec(spec_path)
+    schema_path = task_dir / spec.answer_schema
     if not schema_path.is_file():
         raise InputError(f"{spec_path}: answer_schema '{schema_path}' not found")
-    schema = json.loads(schema_path.read_text())
-    jsonschema.Draft202012Validator.check_schema(schema)
-    scoring = spec["scoring"]
+    schema = _schema(schema_path)
+    scoring = spec.scoring
+    properties = schema.get("properties") if isinstance(schema.get("properties"), dict) else None
+    for key, fields in (("fields", scoring.fields), ("case_insensitive", scoring.case_insensitive)):
+        allowed = scoring.fields if key == "case_insensitive" else properties
+        if allowed is not None and (unknown := [f for f in fields if f not in allowed]):
+            of = "scoring.fields" if key == "case_insensitive" else f"the properties of {schema_path.name}"
+            raise InputError(f"{spec_path}: scoring.{key}: {', '.join(unknown)} not among {of}")
     return Task(
-        name=spec["name"],
-        instruction=" ".join(spec["instruction"].split()),
+        name=spec.name,
+        instruction=" ".join(spec.instruction.split()),
         schema=schema,
-        fields=tuple(scoring["fields"]),
-        case_insensitive=frozenset(scoring.get("case_insensitive", [])),
+        fields=tuple(scoring.fields),
+        case_insensitive=frozenset(scoring.case_insensitive),
     )
 
 

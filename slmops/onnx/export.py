@@ -167,6 +167,17 @@ def copy_genai_files(source: Path, dest: Path) -> None:
         raise RuntimeError(f"the export in {source} lacks {', '.join(missing)}")
 
 
+def set_session_options(genai_config: Path, config: Quantize) -> None:
+    """Write config.intra_op_num_threads into genai_config.json's model.decoder.session_options, which every
+    onnxruntime-genai runtime of the folder reads (slmops serve, Foundry Local). Unset, onnxruntime-genai gives a
+    session hardware_concurrency() / 2 threads (src/models/model.cpp, CreateSessionOptionsFromConfig), counting
+    on two hardware threads a core: one thread on a 2-vCPU machine without SMT, where a Qwen2.5-0.5B-shaped int4
+    export then decoded 29 tokens/s against 54 with 0 (onnxruntime's own default: one per physical core)."""
+    genai = json.loads(genai_config.read_text())
+    genai["model"]["decoder"].setdefault("session_options", {})["intra_op_num_threads"] = config.intra_op_num_threads
+    genai_config.write_text(json.dumps(genai, indent=4) + "\n")
+
+
 def folder_size(folder: Path) -> int:
     return sum(p.stat().st_size for p in Path(folder).rglob("*") if p.is_file())
 
@@ -201,8 +212,8 @@ OLIVE_RERUN = {"model_dir": "models/finetuned", "out_dir": "olive-output", "cach
 def export(model_dir: Path, out: Path, config: Quantize, scratch: Path) -> None:
     """Export the Hugging Face folder `model_dir` into `out` (genai_config.json, model.onnx[.data], tokenizer) with
     the engine config.engine names: the onnxruntime-genai model builder, or an Olive workflow, which is then saved
-    as out/olive_config.json for rerunning. `scratch`: an empty folder for intermediate files.
-    RuntimeError when an engine fails or writes no model."""
+    as out/olive_config.json for rerunning; config.intra_op_num_threads goes into genai_config.json. `scratch`: an
+    empty folder for intermediate files. RuntimeError when an engine fails or writes no model."""
     built = scratch / "export"
     if config.engine == "builder":
         run_builder(model_dir, built, config, scratch)
@@ -212,3 +223,4 @@ def export(model_dir: Path, out: Path, config: Quantize, scratch: Path) -> None:
         run_olive(scratch / "olive_config.json", built)
         write_workflow(out / "olive_config.json", olive_workflow(**OLIVE_RERUN, config=config))
     copy_genai_files(built, out)
+    set_session_options(out / "genai_config.json", config)
