@@ -284,21 +284,29 @@ def bf16_checkpoint(model_dir: Path, folder: Path) -> Path:
     return folder
 
 
+EXPORT_RECORD = "bench-scale-quantize.json"  # the quantize section an export in the cache was made with
+
+
 def export_variant(model_dir: Path, variant: Variant, out: Path) -> Path:
-    """The project's export (slmops.onnx.export) with params.yaml's quantize section, `variant`'s keys changed."""
+    """The project's export (slmops.onnx.export) with params.yaml's quantize section, `variant`'s keys changed.
+    A cached export is reused only when it was made with the same section."""
+    import shutil
     import tempfile
 
     from slmops.core.params import parse_params
     from slmops.onnx.export import export
 
-    if (out / "genai_config.json").is_file():
-        return out
     quantize = parse_params((ROOT / "params.yaml").read_text(), check_paths=False).quantize
     config = quantize.model_copy(
         update={"precision": variant.precision, "block_size": variant.block_size, "embeddings": variant.embeddings}
     )
+    record = json.dumps(config.model_dump(), sort_keys=True)
+    if (out / EXPORT_RECORD).is_file() and (out / EXPORT_RECORD).read_text() == record:
+        return out
+    shutil.rmtree(out, ignore_errors=True)
     with tempfile.TemporaryDirectory(prefix="bench-scale-", dir=out.parent) as scratch, atomic_dir(out) as partial:
         export(model_dir, partial, config, Path(scratch))  # as stages/quantize.py does
+        (partial / EXPORT_RECORD).write_text(record)
     return out
 
 
