@@ -100,12 +100,11 @@ def load_task(task_dir: str | Path) -> Task:
         raise InputError(f"{spec_path}: answer_schema '{schema_path}' not found")
     schema = _schema(schema_path)
     scoring = spec.scoring
-    properties = schema.get("properties") if isinstance(schema.get("properties"), dict) else None
-    for key, fields in (("fields", scoring.fields), ("case_insensitive", scoring.case_insensitive)):
-        allowed = scoring.fields if key == "case_insensitive" else properties
-        if allowed is not None and (unknown := [f for f in fields if f not in allowed]):
-            of = "scoring.fields" if key == "case_insensitive" else f"the properties of {schema_path.name}"
-            raise InputError(f"{spec_path}: scoring.{key}: {', '.join(unknown)} not among {of}")
+    properties = schema.get("properties")
+    if isinstance(properties, dict) and (unknown := [f for f in scoring.fields if f not in properties]):
+        raise InputError(f"{spec_path}: scoring.fields: {', '.join(unknown)} not among the properties of {schema_path}")
+    if unscored := [f for f in scoring.case_insensitive if f not in scoring.fields]:
+        raise InputError(f"{spec_path}: scoring.case_insensitive: {', '.join(unscored)} not among scoring.fields")
     return Task(
         name=spec.name,
         instruction=" ".join(spec.instruction.split()),
