@@ -60,6 +60,12 @@ def test_default_params_are_valid(project):
             "quantize.intra_op_num_threads: Input should be greater than or equal to 0",
         ),
         (
+            lambda p: p["quantize"].update(intra_op_num_threads=10**30),
+            "quantize.intra_op_num_threads: Input should be less than or equal to 1024",
+        ),
+        (lambda p: p["task"].update(dir="t" * 300), "task.dir: 'tttt"),
+        (lambda p: p["data"].update(labelled="d" * 300), "is not a usable path: [Errno 36] File name too long"),
+        (
             lambda p: p["quantize"].update(intra_op_num_threads="all"),
             "quantize.intra_op_num_threads: 'all': Input should be a valid integer",
         ),

@@ -96,18 +96,51 @@ SCHEMA = (ROOT / "data/task/answer.schema.json").read_text()
             SPEC.rsplit("sentiment]", 1)[0] + "tone]\n",
             "case_insensitive: tone not among",
         ),
+        ("task.yaml", SPEC.replace("name: support-triage", "name: '   '"), "name: String should have at least 1"),
+        ("task.yaml", SPEC + "name: again\n", 'found duplicate key "name"'),
+        ("task.yaml", SPEC.replace("sentiment]\n  #", "sentiment, intent]\n  #"), "fields: intent listed more than"),
+        ("task.yaml", SPEC.replace(": answer.schema.json", ": ../other.schema.json"), "is outside the task folder"),
+        (
+            "task.yaml",
+            SPEC.replace(": answer.schema.json", ": /etc/hostname"),
+            "answer_schema: '/etc/hostname' is outs",
+        ),
+        ("task.yaml", SPEC.replace(": answer.schema.json", ": ."), "answer_schema: '" + "{task}' is a folder"),
+        ("task.yaml", SPEC.replace(": answer.schema.json", ": " + "a" * 300), "answer_schema: 'aaaa"),
         ("answer.schema.json", "{bad", "answer.schema.json: not valid JSON: Expecting property name"),
         ("answer.schema.json", '{"type": 5}', "answer.schema.json: not a valid JSON Schema at type: 5 is not valid"),
+        ("answer.schema.json", "true", "must be an object schema with top-level `properties`"),
+        ("answer.schema.json", "{}", "must be an object schema with top-level `properties`"),
+        ("answer.schema.json", '{"not": ' * 5000 + "{}" + "}" * 5000, "answer.schema.json: nested too deeply"),
+        (
+            "answer.schema.json",
+            SCHEMA.replace('"urgency": {', '"urgency": {"$ref": "#/$defs/urgency", '),
+            "$ref '#/$defs/urgency' does not resolve in the schema",
+        ),
+        (
+            "answer.schema.json",
+            SCHEMA.replace('"urgency": {', '"urgency": {"$ref": "https://example.com/u.json", '),
+            "$ref 'https://example.com/u.json' does not resolve",
+        ),
     ],
 )
 def test_a_malformed_task_names_the_file_and_key(tmp_path, file, content, message):
-    (tmp_path / "task.yaml").write_text(SPEC)
-    (tmp_path / "answer.schema.json").write_text(SCHEMA)
-    (tmp_path / file).write_bytes(content if isinstance(content, bytes) else content.encode())
+    task = tmp_path / "task"
+    task.mkdir()
+    (task / "task.yaml").write_text(SPEC)
+    (task / "answer.schema.json").write_text(SCHEMA)
+    (tmp_path / "other.schema.json").write_text(SCHEMA)
+    (task / file).write_bytes(content if isinstance(content, bytes) else content.encode())
     with pytest.raises(InputError) as err:
-        load_task(tmp_path)
-    assert message in str(err.value) and str(tmp_path / file) in str(err.value)
-    assert "<unicode string>" not in str(err.value)
+        load_task(task)
+    assert message.replace("{task}", str(task / ".")) in str(err.value) and str(task / file) in str(err.value)
+    assert "<unicode string>" not in str(err.value) and "To suppress" not in str(err.value)
+
+
+def test_a_task_written_with_a_byte_order_mark_loads(tmp_path):
+    (tmp_path / "task.yaml").write_bytes(b"\xef\xbb\xbf" + SPEC.encode())
+    (tmp_path / "answer.schema.json").write_bytes(b"\xef\xbb\xbf" + SCHEMA.encode())
+    assert load_task(tmp_path).fields == load_task(ROOT / "data/task").fields
 
 
 MEETINGS = ROOT / "tests/data/tasks/meetings"

@@ -430,6 +430,7 @@ class Quantize(Section):
     )
     intra_op_num_threads: int = Field(
         ge=0,
+        le=1024,
         description=(
             "Threads onnxruntime runs each operator on, written into the export's genai_config.json "
             "(session_options), so the shipped model uses them wherever it runs; 0: one per physical core "

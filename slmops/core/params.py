@@ -32,7 +32,9 @@ def read_yaml(text: str, source: str):
         stream.name = source  # ruamel names the stream in its errors ("<unicode string>" for a str)
         return YAML(typ="safe", pure=True).load(stream)
     except YAMLError as err:
-        raise InputError(f"{source}: not valid YAML: {err}") from None
+        # ruamel ends a duplicate-key error with how to turn the check off, which is not the user's to do
+        message = str(err).split("\nTo suppress this check", 1)[0].rstrip()
+        raise InputError(f"{source}: not valid YAML: {message}") from None
 
 
 def _dates(tree, path: str = "") -> list[str]:
@@ -123,12 +125,15 @@ def _path_problems(tree: dict) -> list[str]:
         if not isinstance(value, str):
             continue  # a wrong type is reported by the validation
         path = Path(value)
-        if not value.strip() or not path.exists():
-            problems.append(f"{key}: '{value}' does not exist")
-        elif folder and not (path / "task.yaml").is_file():
-            problems.append(f"{key}: '{value}' is not a task folder (no task.yaml in it)")
-        elif not folder and not path.is_file():
-            problems.append(f"{key}: '{value}' is not a file")
+        try:
+            if not value.strip() or not path.exists():
+                problems.append(f"{key}: '{value}' does not exist")
+            elif folder and not (path / "task.yaml").is_file():
+                problems.append(f"{key}: '{value}' is not a task folder (no task.yaml in it)")
+            elif not folder and not path.is_file():
+                problems.append(f"{key}: '{value}' is not a file")
+        except (OSError, ValueError) as err:  # a name too long for the file system, a NUL byte
+            problems.append(f"{key}: {value[:60]!r}{'...' if len(value) > 60 else ''} is not a usable path: {err}")
     return problems
 
 

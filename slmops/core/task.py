@@ -5,11 +5,10 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Annotated
 
 import jsonschema
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator
 
 from slmops.core.errors import InputError
 
@@ -33,11 +32,21 @@ class Task:
         return chat
 
 
+Text = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]
+
+
 class Scoring(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    fields: list[str] = Field(min_length=1, description="Answer fields exact match compares (JSON Schema properties).")
-    case_insensitive: list[str] = Field(default=[], description="Fields among `fields` compared ignoring case.")
+    fields: list[Text] = Field(min_length=1, description="Answer fields exact match compares (schema properties).")
+    case_insensitive: list[Text] = Field(default=[], description="Fields among `fields` compared ignoring case.")
+
+    @field_validator("fields", "case_insensitive")
+    @classmethod
+    def _once_each(cls, names: list[str]) -> list[str]:
+        if twice := sorted({n for n in names if names.count(n) > 1}):
+            raise ValueError(f"{', '.join(twice)} listed more than once")
+        return names
 
 
 class TaskSpec(BaseModel):
@@ -45,21 +54,20 @@ class TaskSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    name: str = Field(min_length=1)
+    name: Text
     description: str | None = None
-    instruction: str = Field(min_length=1, description="The system prompt every example is asked with.")
-    answer_schema: str = Field(min_length=1, description="The answer's JSON Schema file, relative to the task folder.")
+    instruction: Text = Field(description="The system prompt every example is asked with.")
+    answer_schema: Text = Field(description="The answer's JSON Schema file, inside the task folder.")
     scoring: Scoring
 
 
 def _spec(spec_path: Path) -> TaskSpec:
+    from slmops.core.params import read_yaml  # YAML 1.2 as for params.yaml: duplicate keys refused, lines named
+
     try:
-        with spec_path.open(encoding="utf-8") as stream:  # an open file: YAML errors name it, not "<unicode string>"
-            tree = yaml.safe_load(stream)
+        tree = read_yaml(spec_path.read_bytes().decode("utf-8-sig"), str(spec_path))
     except UnicodeDecodeError:
         raise InputError(f"{spec_path}: not UTF-8 text") from None
-    except yaml.YAMLError as err:
-        raise InputError(f"{spec_path}: not valid YAML: {err}") from None
     if not isinstance(tree, dict):
         raise InputError(f"{spec_path}: expected a mapping of keys ({', '.join(TaskSpec.model_fields)})")
     try:
@@ -69,22 +77,69 @@ def _spec(spec_path: Path) -> TaskSpec:
             f"{'.'.join(map(str, e['loc']))}: {'expected a mapping' if e['type'] == 'model_type' else e['msg']}"
             for e in err.errors()
         ]
-        raise InputError(f"{spec_path}: " + "; ".join(problems)) from None
+        raise InputError(f"{spec_path}: " + "; ".join(problems).replace("Value error, ", "")) from None
+
+
+def _schema_path(spec_path: Path, name: str) -> Path:
+    """The answer_schema file, which must lie inside the task folder: dvc.yaml tracks that folder, so a schema
+    elsewhere could change without rerunning the stages."""
+    folder = spec_path.parent
+    path = folder / name
+    try:
+        inside = path.resolve().is_relative_to(folder.resolve())
+        kind = "a file" if path.is_file() else "a folder" if path.is_dir() else None
+    except (OSError, ValueError) as err:  # a name too long for the file system, a NUL byte
+        raise InputError(f"{spec_path}: answer_schema: {name[:60]!r} is not a usable path: {err}") from None
+    if not inside:
+        raise InputError(f"{spec_path}: answer_schema: '{name}' is outside the task folder {folder}")
+    if kind != "a file":
+        raise InputError(f"{spec_path}: answer_schema: '{path}' {'is a folder' if kind else 'not found'}")
+    return path
 
 
 def _schema(schema_path: Path) -> dict:
+    """The answer JSON Schema: an object schema whose $refs all resolve locally. InputError naming the file."""
     try:
-        schema = json.loads(schema_path.read_text(encoding="utf-8"))
+        schema = json.loads(schema_path.read_bytes().decode("utf-8-sig"))
     except UnicodeDecodeError:
         raise InputError(f"{schema_path}: not UTF-8 text") from None
     except json.JSONDecodeError as err:
         raise InputError(f"{schema_path}: not valid JSON: {err}") from None
+    except RecursionError:
+        raise InputError(f"{schema_path}: nested too deeply to read") from None
     try:
         jsonschema.Draft202012Validator.check_schema(schema)
     except jsonschema.SchemaError as err:
         at = "/".join(map(str, err.absolute_path)) or "the top level"
         raise InputError(f"{schema_path}: not a valid JSON Schema at {at}: {err.message}") from None
+    except RecursionError:
+        raise InputError(f"{schema_path}: nested too deeply to check") from None
+    if not isinstance(schema, dict) or not isinstance(schema.get("properties"), dict):
+        raise InputError(f"{schema_path}: the answer schema must be an object schema with top-level `properties`")
+    _check_refs(schema, schema_path)
     return schema
+
+
+def _check_refs(schema: dict, schema_path: Path) -> None:
+    """InputError for a $ref that does not resolve inside the schema (validation would fail on it only when a
+    stage checks its first answer; nothing is fetched over the network)."""
+    from referencing import Registry
+    from referencing.exceptions import Unresolvable
+    from referencing.jsonschema import DRAFT202012
+
+    resolver = Registry().with_resource("", DRAFT202012.create_resource(schema)).resolver()
+    stack = [schema]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            if isinstance(node.get("$ref"), str):
+                try:
+                    resolver.lookup(node["$ref"])
+                except Unresolvable:
+                    raise InputError(f"{schema_path}: $ref '{node['$ref']}' does not resolve in the schema") from None
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
 
 
 def load_task(task_dir: str | Path) -> Task:
@@ -95,13 +150,10 @@ def load_task(task_dir: str | Path) -> Task:
     if not spec_path.is_file():
         raise InputError(f"{spec_path}: task spec not found")
     spec = _spec(spec_path)
-    schema_path = task_dir / spec.answer_schema
-    if not schema_path.is_file():
-        raise InputError(f"{spec_path}: answer_schema '{schema_path}' not found")
+    schema_path = _schema_path(spec_path, spec.answer_schema)
     schema = _schema(schema_path)
     scoring = spec.scoring
-    properties = schema.get("properties")
-    if isinstance(properties, dict) and (unknown := [f for f in scoring.fields if f not in properties]):
+    if unknown := [f for f in scoring.fields if f not in schema["properties"]]:
         raise InputError(f"{spec_path}: scoring.fields: {', '.join(unknown)} not among the properties of {schema_path}")
     if unscored := [f for f in scoring.case_insensitive if f not in scoring.fields]:
         raise InputError(f"{spec_path}: scoring.case_insensitive: {', '.join(unscored)} not among scoring.fields")
