@@ -39,7 +39,7 @@ from typing import Literal
 from pydantic import Field, ValidationError, model_validator
 
 from slmops.core.config import Section
-from slmops.core.errors import InputError
+from slmops.core.errors import InputError, validation_problems
 
 CONFIG_FILE = Path("azureml.yaml")
 ENV_DIR = Path("azureml/env")
@@ -151,18 +151,9 @@ def load_config(path: str | Path = CONFIG_FILE) -> AzureML:
     try:
         config = AzureMLFile.model_validate(tree).azureml
     except ValidationError as err:
-        raise InputError("invalid Azure ML config\n  " + "\n  ".join(_problems(err, path, ()))) from None
+        raise InputError("invalid Azure ML config\n  " + "\n  ".join(validation_problems(err, path))) from None
     _check_across_keys(config, str(path))
     return config
-
-
-def _problems(err: ValidationError, where: str | Path, prefix: tuple[str, ...]) -> list[str]:
-    """One `<where>: <dotted key>: <what is wrong>` line per error of `err`."""
-    lines = []
-    for e in err.errors():
-        key = ".".join(map(str, (*prefix, *e["loc"]))) or "(top level)"
-        lines.append(f"{where}: {key}: {e['msg'].removeprefix('Value error, ')}")
-    return lines
 
 
 def _check_across_keys(config: AzureML, where: str) -> None:
@@ -186,7 +177,9 @@ def training_config() -> AzureML | None:
     try:
         config = AzureML.model_validate_json(text)
     except ValidationError as err:
-        raise InputError("invalid Azure ML config\n  " + "\n  ".join(_problems(err, where, ("azureml",)))) from None
+        raise InputError(
+            "invalid Azure ML config\n  " + "\n  ".join(validation_problems(err, where, ("azureml",)))
+        ) from None
     _check_across_keys(config, where)
     return config
 

@@ -13,6 +13,17 @@ class InputError(Exception):
     """Bad params, data or model input. The message names the key, file, line or record."""
 
 
+def validation_problems(err, where, prefix: tuple[str, ...] = ()) -> list[str]:
+    """One `<where>: <dotted key>: <what is wrong>` line per error of a pydantic ValidationError `err`, each key
+    under `prefix` (the section the validated mapping sits in)."""
+    lines = []
+    for e in err.errors():
+        key = ".".join(map(str, (*prefix, *e["loc"]))) or "(top level)"
+        message = "expected a mapping" if e["type"] == "model_type" else e["msg"].removeprefix("Value error, ")
+        lines.append(f"{where}: {key}: {message}")
+    return lines
+
+
 def configure_logging() -> None:
     """Progress and results of slmops and the stages on stderr (INFO); other libraries' warnings only."""
     logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr, force=True)

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Annotated
 import jsonschema
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator
 
-from slmops.core.errors import InputError
+from slmops.core.errors import InputError, validation_problems
 
 if TYPE_CHECKING:
     from slmops.core.answers import Parsed
@@ -73,11 +73,7 @@ def _spec(spec_path: Path) -> TaskSpec:
     try:
         return TaskSpec.model_validate(tree)
     except ValidationError as err:
-        problems = [
-            f"{'.'.join(map(str, e['loc']))}: {'expected a mapping' if e['type'] == 'model_type' else e['msg']}"
-            for e in err.errors()
-        ]
-        raise InputError(f"{spec_path}: " + "; ".join(problems).replace("Value error, ", "")) from None
+        raise InputError("invalid task spec\n  " + "\n  ".join(validation_problems(err, spec_path))) from None
 
 
 def _schema_path(spec_path: Path, name: str) -> Path:
